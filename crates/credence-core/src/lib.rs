@@ -1,0 +1,48 @@
+//! Core types of Credence, shared by every other crate. No I/O lives here.
+//!
+//! - [`SpiffeId`] and [`TrustDomain`]: parsed once at the boundary, per the
+//!   SPIFFE ID specification, so the rest of the code never re-checks them.
+//! - [`Identity`]: a registered non-human identity (workload, service, bot,
+//!   AI agent, device, CI job, service account) with an accountable owner,
+//!   labels, workload selectors and a credential lifetime cap.
+//! - [`Serial`] and [`RevocationReason`]: credential bookkeeping.
+//! - [`Clock`] and [`Random`]: time and randomness are injected so expiry,
+//!   rotation and identifiers are testable.
+
+/// Serializes a parsed string newtype as its string form, parsing on the way in.
+macro_rules! string_serde {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+mod clock;
+mod credential;
+mod identity;
+mod spiffe;
+
+pub use clock::{Clock, CountingRandom, ManualClock, Random, SystemClock};
+pub use credential::{RevocationReason, Serial};
+pub use identity::{Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, Selector};
+pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};
+
+/// Errors from parsing outside data into core types.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("invalid SPIFFE ID: {0}")]
+    InvalidSpiffeId(String),
+    #[error("invalid trust domain: {0}")]
+    InvalidTrustDomain(String),
+    #[error("{0}")]
+    Invalid(String),
+}
