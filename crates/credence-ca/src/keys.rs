@@ -175,7 +175,9 @@ impl KeyWrapper {
 
     pub fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, CaError> {
         if wrapped.len() < 4 + 12 + 16 || &wrapped[..4] != WRAP_MAGIC {
-            return Err(CaError::Key(format!("wrapped key {key_id} has an unknown format")));
+            return Err(CaError::Key(format!(
+                "wrapped key {key_id} has an unknown format"
+            )));
         }
         let nonce = Nonce::try_assume_unique_for_key(&wrapped[4..16])
             .map_err(|_| CaError::Key("bad nonce".into()))?;

@@ -47,7 +47,9 @@ impl PublicKeyData for RcgenKey {
 
 impl SigningKey for RcgenKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.0.sign_x509(msg).map_err(|_| rcgen::Error::RingUnspecified)
+        self.0
+            .sign_x509(msg)
+            .map_err(|_| rcgen::Error::RingUnspecified)
     }
 }
 
@@ -73,11 +75,10 @@ fn ca_params(
     p.not_after = not_after;
     p.is_ca = IsCa::Ca(constraint);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p.subject_alt_names = vec![SanType::URI(
-        td.id_string()
-            .try_into()
-            .map_err(|_| CaError::Signing("trust domain is not an IA5 string".into()))?,
-    )];
+    p.subject_alt_names =
+        vec![SanType::URI(td.id_string().try_into().map_err(|_| {
+            CaError::Signing("trust domain is not an IA5 string".into())
+        })?)];
     p.key_identifier_method = KeyIdMethod::Sha256;
     Ok(p)
 }
@@ -202,12 +203,10 @@ impl X509Issuer {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        p.subject_alt_names = vec![SanType::URI(
-            spiffe_id
-                .as_str()
-                .try_into()
-                .map_err(|_| CaError::Refused("SPIFFE ID is not an IA5 string".into()))?,
-        )];
+        p.subject_alt_names =
+            vec![SanType::URI(spiffe_id.as_str().try_into().map_err(
+                |_| CaError::Refused("SPIFFE ID is not an IA5 string".into()),
+            )?)];
         p.use_authority_key_identifier_extension = true;
         p.key_identifier_method = KeyIdMethod::Sha256;
         let cert = p.signed_by(&subject_key.spki, &self.issuer)?;
@@ -304,9 +303,7 @@ impl LeafKey {
                         LeafKeyKind::EcP384
                     }
                     _ => {
-                        return Err(bad(
-                            "unsupported elliptic curve (use P-256 or P-384)".into(),
-                        ));
+                        return Err(bad("unsupported elliptic curve (use P-256 or P-384)".into()));
                     }
                 }
             }
@@ -365,8 +362,8 @@ pub fn csr_der_from_bytes(bytes: &[u8]) -> Result<Vec<u8>, CaError> {
     if bytes.first() == Some(&0x30) {
         return Ok(bytes.to_vec());
     }
-    let p = pem::parse(bytes)
-        .map_err(|e| CaError::InvalidCsr(format!("neither DER nor PEM: {e}")))?;
+    let p =
+        pem::parse(bytes).map_err(|e| CaError::InvalidCsr(format!("neither DER nor PEM: {e}")))?;
     match p.tag() {
         "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Ok(p.into_contents()),
         other => Err(CaError::InvalidCsr(format!(
@@ -384,8 +381,8 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, CaError> {
     if der.len() > MAX_CSR_BYTES {
         return Err(bad(format!("CSR is larger than {MAX_CSR_BYTES} bytes")));
     }
-    let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| bad(format!("malformed DER: {e}")))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| bad(format!("malformed DER: {e}")))?;
     if !rest.is_empty() {
         return Err(bad("trailing bytes after the CSR".into()));
     }
@@ -416,9 +413,8 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, CaError> {
                                                 "more than one URI SAN requested (an X509-SVID has exactly one)".into(),
                                             ));
                                         }
-                                        let id = SpiffeId::parse(uri).map_err(|e| {
-                                            bad(format!("requested URI SAN: {e}"))
-                                        })?;
+                                        let id = SpiffeId::parse(uri)
+                                            .map_err(|e| bad(format!("requested URI SAN: {e}")))?;
                                         requested_id = Some(id);
                                     }
                                     other => {
@@ -444,10 +440,7 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, CaError> {
                         }
                         ParsedExtension::ExtendedKeyUsage(_) => {}
                         _ => {
-                            return Err(bad(format!(
-                                "unsupported extension {} in CSR",
-                                ext.oid
-                            )));
+                            return Err(bad(format!("unsupported extension {} in CSR", ext.oid)));
                         }
                     }
                 }
@@ -456,10 +449,7 @@ pub fn check_csr(der: &[u8]) -> Result<CheckedCsr, CaError> {
                 return Err(bad("challengePassword attribute is not supported".into()));
             }
             _ => {
-                return Err(bad(format!(
-                    "unsupported attribute {} in CSR",
-                    attr.oid
-                )));
+                return Err(bad(format!("unsupported attribute {} in CSR", attr.oid)));
             }
         }
     }
@@ -618,4 +608,3 @@ mod tests {
         parsed.verify_signature(ic.public_key()).unwrap();
     }
 }
-

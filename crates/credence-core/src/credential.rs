@@ -50,9 +50,17 @@ impl Serial {
                 crate::identity::truncate(s, 64)
             )));
         }
-        let padded = if clean.len() % 2 == 1 { format!("0{clean}") } else { clean };
-        let bytes = hex::decode(&padded)
-            .map_err(|_| CoreError::Invalid(format!("serial {:?} is not hex", crate::identity::truncate(s, 64))))?;
+        let padded = if clean.len() % 2 == 1 {
+            format!("0{clean}")
+        } else {
+            clean
+        };
+        let bytes = hex::decode(&padded).map_err(|_| {
+            CoreError::Invalid(format!(
+                "serial {:?} is not hex",
+                crate::identity::truncate(s, 64)
+            ))
+        })?;
         Self::from_der_bytes(&bytes)
     }
 
@@ -196,8 +204,14 @@ mod tests {
 
     #[test]
     fn reasons() {
-        assert_eq!("keyCompromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
-        assert_eq!("key_compromise".parse::<RevocationReason>().unwrap(), RevocationReason::KeyCompromise);
+        assert_eq!(
+            "keyCompromise".parse::<RevocationReason>().unwrap(),
+            RevocationReason::KeyCompromise
+        );
+        assert_eq!(
+            "key_compromise".parse::<RevocationReason>().unwrap(),
+            RevocationReason::KeyCompromise
+        );
         assert_eq!("superseded".parse::<RevocationReason>().unwrap().code(), 4);
         assert!("bogus".parse::<RevocationReason>().is_err());
     }

@@ -228,7 +228,10 @@ impl Labels {
     /// Parses `KEY=VALUE`.
     pub fn parse_pair(s: &str) -> Result<(String, String), CoreError> {
         let (k, v) = s.split_once('=').ok_or_else(|| {
-            CoreError::Invalid(format!("label {:?} must have the form KEY=VALUE", truncate(s, 64)))
+            CoreError::Invalid(format!(
+                "label {:?} must have the form KEY=VALUE",
+                truncate(s, 64)
+            ))
         })?;
         check_label_key(k)?;
         Ok((k.to_owned(), v.to_owned()))
@@ -288,7 +291,9 @@ impl Owner {
             return Err(CoreError::Invalid("owner is longer than 256 bytes".into()));
         }
         if s.chars().any(char::is_control) {
-            return Err(CoreError::Invalid("owner contains control characters".into()));
+            return Err(CoreError::Invalid(
+                "owner contains control characters".into(),
+            ));
         }
         Ok(Self(s.to_owned()))
     }

@@ -9,7 +9,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-
 use crate::CoreError;
 
 /// Longest SPIFFE ID we accept, per the SPIFFE ID spec (URI length limit).
@@ -251,13 +250,21 @@ mod tests {
             assert!(err.contains(want), "{s:?}: got {err:?}, want {want:?}");
         }
         let long = format!("spiffe://td/{}", "a".repeat(2100));
-        assert!(SpiffeId::parse(&long).unwrap_err().to_string().contains("2048"));
+        assert!(
+            SpiffeId::parse(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("2048")
+        );
     }
 
     #[test]
     fn trust_domain_forms() {
         assert_eq!(
-            "spiffe://example.org".parse::<TrustDomain>().unwrap().as_str(),
+            "spiffe://example.org"
+                .parse::<TrustDomain>()
+                .unwrap()
+                .as_str(),
             "example.org"
         );
         assert!("Example.org".parse::<TrustDomain>().is_err());

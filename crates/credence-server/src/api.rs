@@ -1,0 +1,599 @@
+//! HTTP API: public endpoints and the bearer-authenticated admin API under `/v1/`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use time::Duration;
+
+use credence_core::{IdentityKind, IdentityStatus, RevocationReason, Serial, SpiffeId};
+use credence_store::IdentityFilter;
+
+use crate::ServerError;
+use crate::service::{Actor, IdentityKey, IdentityUpdate, NewIdentity, RevokeTarget, Service};
+
+/// Largest request body accepted anywhere.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub svc: Arc<Service>,
+    pub admin_token_hash: [u8; 32],
+    /// Public base URL (`http://127.0.0.1:8080`), for discovery documents.
+    pub base_url: String,
+}
+
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/identities", post(create_identity).get(list_identities))
+        .route(
+            "/identities/{id}",
+            get(show_identity)
+                .patch(update_identity)
+                .delete(delete_identity),
+        )
+        .route("/identities/{id}/disable", post(disable_identity))
+        .route("/identities/{id}/enable", post(enable_identity))
+        .route("/x509/sign", post(x509_sign))
+        .route("/x509/mint", post(x509_mint))
+        .route("/jwt/mint", post(jwt_mint))
+        .route("/revocations", post(revoke).get(list_revocations))
+        .route("/credentials/{serial}", get(show_credential))
+        .route("/ca", get(show_ca))
+        .route("/ca/rotate", post(rotate_ca))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/bundle", get(bundle))
+        .route("/crl", get(crl))
+        .route("/crl/{issuer}", get(crl_of))
+        .nest("/v1", admin)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn not_found() -> ServerError {
+    ServerError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ServerError {
+    ServerError::MethodNotAllowed
+}
+
+// ---- extractors that answer with the JSON error body ----
+
+/// A JSON body: `application/json`, at most [`MAX_BODY`] bytes, unknown fields refused.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ServerError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ServerError::UnsupportedMediaType(format!(
+                "expected Content-Type application/json, got {:?}",
+                if ct.is_empty() { "none" } else { ct }
+            )));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ServerError::PayloadTooLarge(MAX_BODY)
+                } else {
+                    ServerError::bad("invalid_body", format!("cannot read body: {e}"))
+                }
+            })?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ServerError::bad("invalid_json", format!("invalid JSON body: {e}")))?;
+        Ok(Self(value))
+    }
+}
+
+/// Query parameters, unknown ones refused.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ServerError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|e| ServerError::bad("invalid_query", e.body_text()))
+    }
+}
+
+/// One path parameter as a string.
+pub struct ApiPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
+    type Rejection = ServerError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Self(v))
+            .map_err(|e| ServerError::bad("invalid_path", e.body_text()))
+    }
+}
+
+// ---- admin authentication ----
+
+async fn require_admin(
+    State(st): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let ok =
+        presented.is_some_and(|t| bool::from(Service::token_hash(t).ct_eq(&st.admin_token_hash)));
+    if !ok {
+        tracing::warn!(path = %req.uri().path(), "admin authentication failed");
+        return Err(ServerError::Unauthorized);
+    }
+    Ok(next.run(req).await)
+}
+
+// ---- public endpoints ----
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+fn issuer(st: &AppState) -> String {
+    st.svc
+        .issuer_url
+        .clone()
+        .unwrap_or_else(|| st.base_url.clone())
+}
+
+async fn openid_configuration(State(st): State<AppState>) -> Json<Value> {
+    let iss = issuer(&st);
+    Json(json!({
+        "issuer": iss,
+        "jwks_uri": format!("{}/.well-known/jwks.json", iss.trim_end_matches('/')),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "claims_supported": ["sub", "aud", "exp", "iat", "iss", "jti"],
+    }))
+}
+
+async fn jwks(State(st): State<AppState>) -> Response {
+    let body = st.svc.authority().jwks();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn bundle(State(st): State<AppState>) -> Response {
+    let refresh = st.svc.policy.x509_default_ttl.whole_seconds().max(60) as u64 / 2;
+    let body = st.svc.authority().spiffe_bundle(refresh);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn crl(State(st): State<AppState>) -> Result<Response, ServerError> {
+    crl_response(st.svc.crl(None).await?)
+}
+
+async fn crl_of(
+    State(st): State<AppState>,
+    ApiPath(issuer): ApiPath,
+) -> Result<Response, ServerError> {
+    crl_response(st.svc.crl(Some(&issuer)).await?)
+}
+
+fn crl_response(der: Arc<Vec<u8>>) -> Result<Response, ServerError> {
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/pkix-crl"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        der.as_ref().clone(),
+    )
+        .into_response())
+}
+
+// ---- identities ----
+
+async fn create_identity(
+    State(st): State<AppState>,
+    ApiJson(new): ApiJson<NewIdentity>,
+) -> Result<(StatusCode, Json<Value>), ServerError> {
+    let id = st.svc.create_identity(&Actor::admin(), new).await?;
+    Ok((StatusCode::CREATED, Json(json!(id))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    kind: Option<IdentityKind>,
+    owner: Option<String>,
+    status: Option<IdentityStatus>,
+    /// `key=value`; several may be given comma-separated.
+    label: Option<String>,
+    spiffe_id: Option<SpiffeId>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_identities(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ServerError> {
+    let mut labels = Vec::new();
+    if let Some(l) = &q.label {
+        for pair in l.split(',').filter(|p| !p.is_empty()) {
+            labels.push(credence_core::Labels::parse_pair(pair)?);
+        }
+    }
+    let filter = IdentityFilter {
+        kind: q.kind,
+        owner: q.owner,
+        status: q.status,
+        labels,
+        spiffe_id: q.spiffe_id,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ServerError::bad("invalid_query", "limit must be 1 to 1000"));
+    }
+    let page = st
+        .svc
+        .list_identities(&filter, q.cursor.as_deref(), limit)
+        .await?;
+    Ok(Json(
+        json!({"identities": page.items, "next_cursor": page.next_cursor}),
+    ))
+}
+
+async fn show_identity(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    let key = IdentityKey::parse(&id)?;
+    Ok(Json(json!(st.svc.get_identity(&key).await?)))
+}
+
+async fn update_identity(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath,
+    ApiJson(change): ApiJson<IdentityUpdate>,
+) -> Result<Json<Value>, ServerError> {
+    let key = IdentityKey::parse(&id)?;
+    Ok(Json(json!(
+        st.svc
+            .update_identity(&Actor::admin(), &key, change)
+            .await?
+    )))
+}
+
+async fn set_status(
+    st: &AppState,
+    id: &str,
+    status: IdentityStatus,
+) -> Result<Json<Value>, ServerError> {
+    let key = IdentityKey::parse(id)?;
+    let change = IdentityUpdate {
+        status: Some(status),
+        ..Default::default()
+    };
+    Ok(Json(json!(
+        st.svc
+            .update_identity(&Actor::admin(), &key, change)
+            .await?
+    )))
+}
+
+async fn disable_identity(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    set_status(&st, &id, IdentityStatus::Disabled).await
+}
+
+async fn enable_identity(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    set_status(&st, &id, IdentityStatus::Active).await
+}
+
+async fn delete_identity(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath,
+) -> Result<StatusCode, ServerError> {
+    let key = IdentityKey::parse(&id)?;
+    st.svc.delete_identity(&Actor::admin(), &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- issuance ----
+
+/// A TTL as seconds (`3600`) or a duration string (`"1h"`, `"90s"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Ttl {
+    Seconds(i64),
+    Text(String),
+}
+
+fn parse_ttl(t: Option<Ttl>) -> Result<Option<Duration>, ServerError> {
+    match t {
+        None => Ok(None),
+        Some(Ttl::Seconds(s)) if s > 0 => Ok(Some(Duration::seconds(s))),
+        Some(Ttl::Seconds(_)) => Err(ServerError::bad("invalid_ttl", "ttl must be positive")),
+        Some(Ttl::Text(s)) => {
+            let d = humantime::parse_duration(&s)
+                .map_err(|e| ServerError::bad("invalid_ttl", format!("ttl {s:?}: {e}")))?;
+            let d = Duration::try_from(d)
+                .map_err(|_| ServerError::bad("invalid_ttl", "ttl is too large"))?;
+            if d <= Duration::ZERO {
+                return Err(ServerError::bad("invalid_ttl", "ttl must be positive"));
+            }
+            Ok(Some(d))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    spiffe_id: SpiffeId,
+    /// PEM (or base64 DER) PKCS#10 request.
+    csr: String,
+    ttl: Option<Ttl>,
+}
+
+async fn x509_sign(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<SignRequest>,
+) -> Result<Json<Value>, ServerError> {
+    let ttl = parse_ttl(req.ttl)?;
+    let der = csr_bytes(&req.csr)?;
+    let checked = credence_ca::check_csr(&der)?;
+    let svid = st
+        .svc
+        .issue_x509_from_csr(&Actor::admin(), &req.spiffe_id, checked, ttl)
+        .await?;
+    Ok(Json(json!(svid)))
+}
+
+fn csr_bytes(s: &str) -> Result<Vec<u8>, ServerError> {
+    let t = s.trim();
+    if t.starts_with("-----BEGIN") {
+        Ok(credence_ca::x509::csr_der_from_bytes(t.as_bytes())?)
+    } else {
+        use base64::Engine;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(t)
+            .map_err(|_| {
+                ServerError::bad("invalid_csr", "invalid CSR: expected PEM or base64 DER")
+            })?;
+        Ok(credence_ca::x509::csr_der_from_bytes(&der)?)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    spiffe_id: SpiffeId,
+    ttl: Option<Ttl>,
+}
+
+async fn x509_mint(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<MintRequest>,
+) -> Result<Json<Value>, ServerError> {
+    let ttl = parse_ttl(req.ttl)?;
+    let (svid, key) = st
+        .svc
+        .mint_x509(&Actor::admin(), &req.spiffe_id, ttl)
+        .await?;
+    let mut v = json!(svid);
+    v["key_pem"] = json!(key.as_str());
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtRequest {
+    spiffe_id: SpiffeId,
+    audience: OneOrMany,
+    ttl: Option<Ttl>,
+}
+
+async fn jwt_mint(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<JwtRequest>,
+) -> Result<Json<Value>, ServerError> {
+    let ttl = parse_ttl(req.ttl)?;
+    let aud = match req.audience {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(v) => v,
+    };
+    let svid = st
+        .svc
+        .mint_jwt(&Actor::admin(), &req.spiffe_id, &aud, ttl)
+        .await?;
+    Ok(Json(json!(svid)))
+}
+
+// ---- revocation ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    serial: Option<String>,
+    jti: Option<String>,
+    spiffe_id: Option<SpiffeId>,
+    reason: Option<String>,
+}
+
+async fn revoke(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RevokeRequest>,
+) -> Result<Json<Value>, ServerError> {
+    let reason = match &req.reason {
+        Some(r) => r.parse::<RevocationReason>()?,
+        None => RevocationReason::Unspecified,
+    };
+    let target = match (req.serial, req.jti, req.spiffe_id) {
+        (Some(s), None, None) => RevokeTarget::Serial(Serial::parse_hex(&s)?.to_hex()),
+        (None, Some(j), None) => {
+            if j.is_empty() || j.len() > 128 {
+                return Err(ServerError::bad(
+                    "invalid_request",
+                    "jti must be 1 to 128 bytes",
+                ));
+            }
+            RevokeTarget::Serial(j)
+        }
+        (None, None, Some(id)) => RevokeTarget::SpiffeId(id),
+        _ => {
+            return Err(ServerError::bad(
+                "invalid_request",
+                "give exactly one of serial, jti or spiffe_id",
+            ));
+        }
+    };
+    let revoked = st.svc.revoke(&Actor::admin(), target, reason).await?;
+    Ok(Json(
+        json!({"revoked": revoked.iter().map(revoked_json).collect::<Vec<_>>()}),
+    ))
+}
+
+fn revoked_json(r: &credence_store::RevokedEntry) -> Value {
+    json!({
+        "serial": r.serial,
+        "kind": match r.kind { credence_store::CredentialKind::X509 => "x509", credence_store::CredentialKind::Jwt => "jwt" },
+        "spiffe_id": r.spiffe_id,
+        "revoked_at": r.revoked_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "reason": r.reason,
+        "not_after": r.not_after.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "issuer": r.issuer,
+    })
+}
+
+async fn list_revocations(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
+    let now = st.svc.clock.now();
+    let mut all = st
+        .svc
+        .store
+        .list_revoked(credence_store::CredentialKind::X509, now)
+        .await?;
+    all.extend(
+        st.svc
+            .store
+            .list_revoked(credence_store::CredentialKind::Jwt, now)
+            .await?,
+    );
+    Ok(Json(
+        json!({"revoked": all.iter().map(revoked_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn show_credential(
+    State(st): State<AppState>,
+    ApiPath(serial): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    let key = match Serial::parse_hex(&serial) {
+        Ok(s) if serial.len() > 20 => s.to_hex(),
+        _ => serial.clone(),
+    };
+    let (cred, rev) = st
+        .svc
+        .store
+        .get_credential(&key)
+        .await?
+        .ok_or_else(|| ServerError::NotFound(format!("no credential {serial}")))?;
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    Ok(Json(json!({
+        "serial": cred.serial,
+        "kind": match cred.kind { credence_store::CredentialKind::X509 => "x509", credence_store::CredentialKind::Jwt => "jwt" },
+        "spiffe_id": cred.spiffe_id,
+        "identity_id": cred.identity_id,
+        "issuer": cred.issuer,
+        "not_before": fmt(cred.not_before),
+        "not_after": fmt(cred.not_after),
+        "key_sha256": cred.key_fingerprint,
+        "revocation": rev.as_ref().map(revoked_json),
+    })))
+}
+
+async fn show_ca(State(st): State<AppState>) -> Json<Value> {
+    let a = st.svc.authority();
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    Json(json!({
+        "trust_domain": a.trust_domain,
+        "root": {"id": a.root_id, "not_after": fmt(a.root.not_after)},
+        "intermediate": {"id": a.intermediate_id, "not_before": fmt(a.intermediate.not_before), "not_after": fmt(a.intermediate.not_after)},
+        "retired_intermediates": a.retired.keys().collect::<Vec<_>>(),
+        "jwt_kid": a.jwt.kid(),
+        "bundle_pem": a.bundle_pem(),
+    }))
+}
+
+async fn rotate_ca(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
+    let id = st.svc.rotate_intermediate(&Actor::admin()).await?;
+    Ok(Json(json!({"intermediate": id})))
+}

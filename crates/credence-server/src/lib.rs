@@ -1,0 +1,21 @@
+//! The Credence control plane.
+//!
+//! [`service::Service`] holds the operations (identity registry, X509-SVID
+//! and JWT-SVID issuance, revocation, CRL) over a [`credence_store::Store`]
+//! and the CA material of [`authority`]. [`api`] exposes them over HTTP:
+//! public endpoints (`/healthz`, OIDC discovery, JWKS, SPIFFE bundle, CRL)
+//! and the admin API under `/v1/`, which needs the admin bearer token.
+//! [`runtime`] starts a server (TLS, or plain HTTP on loopback for dev mode)
+//! with graceful shutdown. [`config`] reads the production config file.
+//!
+//! Errors become HTTP statuses in exactly one place, [`ServerError`]'s
+//! `IntoResponse`, which always answers `{"error": code, "message": text}`.
+
+pub mod api;
+pub mod authority;
+pub mod config;
+mod error;
+pub mod runtime;
+pub mod service;
+
+pub use error::ServerError;

@@ -1,0 +1,836 @@
+//! The control plane's operations, independent of HTTP: identity registry,
+//! issuance, revocation and the CRL. HTTP handlers and in-process callers
+//! (the benchmark, the dev agent) go through the same code.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use serde_json::json;
+use time::{Duration, OffsetDateTime};
+
+use credence_ca::x509::{CheckedCsr, CrlEntry, LeafKey, certs_to_pem};
+use credence_ca::{Audience, JwtSvidClaims, KeyWrapper, SoftwareKey, sha256};
+use credence_core::{
+    Clock, Identity, IdentityId, IdentityStatus, Random, RevocationReason, Serial, SpiffeId,
+};
+use credence_store::{
+    AuditRecord, CredentialKind, IdentityFilter, IssuedCredential, Page, RevokedEntry, Store,
+};
+
+use crate::ServerError;
+use crate::authority::{self, Authority, CaLifetimes};
+
+/// Lifetimes of issued credentials.
+#[derive(Clone, Debug)]
+pub struct IssuancePolicy {
+    pub x509_default_ttl: Duration,
+    pub x509_max_ttl: Duration,
+    pub jwt_default_ttl: Duration,
+    pub jwt_max_ttl: Duration,
+    /// How far `notBefore` is backdated to tolerate clock skew.
+    pub backdate: Duration,
+    /// Lifetime of a CRL (`nextUpdate - thisUpdate`).
+    pub crl_lifetime: Duration,
+}
+
+impl Default for IssuancePolicy {
+    fn default() -> Self {
+        Self {
+            x509_default_ttl: Duration::hours(1),
+            x509_max_ttl: Duration::hours(24),
+            jwt_default_ttl: Duration::minutes(5),
+            jwt_max_ttl: Duration::hours(1),
+            backdate: Duration::seconds(10),
+            crl_lifetime: Duration::hours(1),
+        }
+    }
+}
+
+/// Who is asking: recorded in every audit record.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub name: String,
+    pub method: &'static str,
+}
+
+impl Actor {
+    pub fn admin() -> Self {
+        Self {
+            name: "admin".into(),
+            method: "admin_token",
+        }
+    }
+}
+
+/// An issued X509-SVID, ready to hand out.
+#[derive(Clone, Debug, Serialize)]
+pub struct X509Svid {
+    pub spiffe_id: SpiffeId,
+    pub serial: Serial,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Leaf first, then the intermediate.
+    pub chain_pem: String,
+    pub bundle_pem: String,
+    #[serde(skip)]
+    pub leaf_der: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JwtSvid {
+    pub spiffe_id: SpiffeId,
+    pub token: String,
+    pub jti: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+struct CachedCrl {
+    issuer: String,
+    der: Arc<Vec<u8>>,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+}
+
+/// Everything the control plane needs, shared across requests.
+pub struct Service {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn Random>,
+    pub policy: IssuancePolicy,
+    pub lifetimes: CaLifetimes,
+    /// Issuer URL written into JWT `iss` and OIDC discovery.
+    pub issuer_url: Option<String>,
+    wrapper: KeyWrapper,
+    authority: RwLock<Arc<Authority>>,
+    /// Write-through cache of identities by SPIFFE ID, for the issuance hot path.
+    identities: RwLock<HashMap<SpiffeId, Arc<Identity>>>,
+    crl: Mutex<Option<CachedCrl>>,
+}
+
+fn audit(
+    actor: &Actor,
+    now: OffsetDateTime,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> AuditRecord {
+    AuditRecord {
+        at: now,
+        actor: actor.name.clone(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: "success".into(),
+        detail: {
+            let mut d = detail;
+            if let Some(m) = d.as_object_mut() {
+                m.insert("auth_method".into(), json!(actor.method));
+            }
+            d
+        },
+    }
+}
+
+impl Service {
+    /// Loads or creates the CA and returns a ready service.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        store: Arc<dyn Store>,
+        kek: &[u8],
+        trust_domain: &credence_core::TrustDomain,
+        lifetimes: CaLifetimes,
+        policy: IssuancePolicy,
+        issuer_url: Option<String>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Random>,
+    ) -> Result<Self, ServerError> {
+        let wrapper = KeyWrapper::new(kek)?;
+        let auth = authority::load_or_create(
+            store.as_ref(),
+            &wrapper,
+            trust_domain,
+            &lifetimes,
+            clock.as_ref(),
+            rng.as_ref(),
+        )
+        .await?;
+        Ok(Self {
+            store,
+            clock,
+            rng,
+            policy,
+            lifetimes,
+            issuer_url,
+            wrapper,
+            authority: RwLock::new(Arc::new(auth)),
+            identities: RwLock::new(HashMap::new()),
+            crl: Mutex::new(None),
+        })
+    }
+
+    pub fn authority(&self) -> Arc<Authority> {
+        match self.authority.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn trust_domain(&self) -> credence_core::TrustDomain {
+        self.authority().trust_domain.clone()
+    }
+
+    /// Replaces the active intermediate with a new one.
+    pub async fn rotate_intermediate(&self, actor: &Actor) -> Result<String, ServerError> {
+        let now = self.clock.now();
+        let cur = self.authority();
+        let (id, issuer) = authority::new_intermediate(
+            self.store.as_ref(),
+            &self.wrapper,
+            &cur.trust_domain,
+            &cur.root,
+            &self.lifetimes,
+            now,
+            self.rng.as_ref(),
+        )
+        .await?;
+        self.store
+            .set_ca_active(
+                &cur.intermediate_id,
+                false,
+                audit(
+                    actor,
+                    now,
+                    "ca.rotate",
+                    &cur.intermediate_id,
+                    json!({"replaced_by": id}),
+                ),
+            )
+            .await?;
+        // Rebuild from storage so the old intermediate lands among the retired.
+        let fresh = authority::load_or_create(
+            self.store.as_ref(),
+            &self.wrapper,
+            &cur.trust_domain,
+            &self.lifetimes,
+            self.clock.as_ref(),
+            self.rng.as_ref(),
+        )
+        .await?;
+        let _ = issuer;
+        if let Ok(mut a) = self.authority.write() {
+            *a = Arc::new(fresh);
+        }
+        if let Ok(mut c) = self.crl.lock() {
+            *c = None;
+        }
+        Ok(id)
+    }
+
+    // ---- identity registry ----
+
+    fn cache_put(&self, id: &Identity) {
+        if let Ok(mut m) = self.identities.write() {
+            m.insert(id.spiffe_id.clone(), Arc::new(id.clone()));
+        }
+    }
+
+    fn cache_drop(&self, spiffe_id: &SpiffeId) {
+        if let Ok(mut m) = self.identities.write() {
+            m.remove(spiffe_id);
+        }
+    }
+
+    /// Looks up an identity by SPIFFE ID through the cache.
+    pub async fn identity_for(&self, spiffe_id: &SpiffeId) -> Result<Arc<Identity>, ServerError> {
+        if let Some(hit) = self
+            .identities
+            .read()
+            .ok()
+            .and_then(|m| m.get(spiffe_id).cloned())
+        {
+            return Ok(hit);
+        }
+        let found = self
+            .store
+            .get_identity_by_spiffe_id(spiffe_id)
+            .await?
+            .ok_or_else(|| {
+                ServerError::NotFound(format!("no identity registered for {spiffe_id}"))
+            })?;
+        let found = Arc::new(found);
+        if let Ok(mut m) = self.identities.write() {
+            m.insert(spiffe_id.clone(), found.clone());
+        }
+        Ok(found)
+    }
+
+    pub async fn create_identity(
+        &self,
+        actor: &Actor,
+        new: NewIdentity,
+    ) -> Result<Identity, ServerError> {
+        let td = self.trust_domain();
+        if !new.spiffe_id.is_member_of(&td) {
+            return Err(ServerError::bad(
+                "wrong_trust_domain",
+                format!(
+                    "{} is not in this server's trust domain {td}",
+                    new.spiffe_id
+                ),
+            ));
+        }
+        if new.spiffe_id.path().is_empty() {
+            return Err(ServerError::bad(
+                "invalid_spiffe_id",
+                "an identity's SPIFFE ID needs a path (the bare trust domain ID names the domain itself)",
+            ));
+        }
+        if new.spiffe_id.path().starts_with("/credence/") {
+            return Err(ServerError::bad(
+                "reserved_spiffe_id",
+                "SPIFFE ID paths under /credence/ are reserved for Credence's own components",
+            ));
+        }
+        check_ttl(new.max_ttl_seconds)?;
+        let now = self.clock.now();
+        let identity = Identity {
+            id: IdentityId::from_random(self.rng.bytes16()),
+            spiffe_id: new.spiffe_id,
+            kind: new.kind,
+            owner: new.owner,
+            description: new.description.unwrap_or_default(),
+            labels: new.labels.unwrap_or_default(),
+            selectors: new.selectors.unwrap_or_default(),
+            max_ttl_seconds: new.max_ttl_seconds,
+            status: IdentityStatus::Active,
+            created_at: now,
+            updated_at: now,
+            last_issued_at: None,
+        };
+        check_description(&identity.description)?;
+        self.store
+            .create_identity(
+                &identity,
+                audit(
+                    actor,
+                    now,
+                    "identity.create",
+                    identity.spiffe_id.as_str(),
+                    json!({"id": identity.id, "kind": identity.kind, "owner": identity.owner}),
+                ),
+            )
+            .await?;
+        self.cache_put(&identity);
+        Ok(identity)
+    }
+
+    pub async fn get_identity(&self, key: &IdentityKey) -> Result<Identity, ServerError> {
+        let found = match key {
+            IdentityKey::Id(id) => self.store.get_identity(id).await?,
+            IdentityKey::SpiffeId(s) => self.store.get_identity_by_spiffe_id(s).await?,
+        };
+        found.ok_or_else(|| ServerError::NotFound(format!("identity {key} not found")))
+    }
+
+    pub async fn list_identities(
+        &self,
+        filter: &IdentityFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Identity>, ServerError> {
+        Ok(self.store.list_identities(filter, cursor, limit).await?)
+    }
+
+    pub async fn update_identity(
+        &self,
+        actor: &Actor,
+        key: &IdentityKey,
+        change: IdentityUpdate,
+    ) -> Result<Identity, ServerError> {
+        let mut identity = self.get_identity(key).await?;
+        let before = identity.clone();
+        let mut changed = Vec::new();
+        if let Some(k) = change.kind {
+            identity.kind = k;
+            changed.push("kind");
+        }
+        if let Some(o) = change.owner {
+            identity.owner = o;
+            changed.push("owner");
+        }
+        if let Some(d) = change.description {
+            check_description(&d)?;
+            identity.description = d;
+            changed.push("description");
+        }
+        if let Some(l) = change.labels {
+            identity.labels = l;
+            changed.push("labels");
+        }
+        if let Some(s) = change.selectors {
+            identity.selectors = s;
+            changed.push("selectors");
+        }
+        if let Some(t) = change.max_ttl_seconds {
+            check_ttl(t)?;
+            identity.max_ttl_seconds = t;
+            changed.push("max_ttl_seconds");
+        }
+        if let Some(st) = change.status {
+            identity.status = st;
+            changed.push("status");
+        }
+        let action = match change.status {
+            Some(IdentityStatus::Disabled) if before.status != IdentityStatus::Disabled => {
+                "identity.disable"
+            }
+            Some(IdentityStatus::Active) if before.status != IdentityStatus::Active => {
+                "identity.enable"
+            }
+            _ => "identity.update",
+        };
+        let now = self.clock.now();
+        identity.updated_at = now;
+        self.store
+            .update_identity(
+                &identity,
+                audit(
+                    actor,
+                    now,
+                    action,
+                    identity.spiffe_id.as_str(),
+                    json!({"id": identity.id, "changed": changed}),
+                ),
+            )
+            .await?;
+        self.cache_put(&identity);
+        Ok(identity)
+    }
+
+    pub async fn delete_identity(
+        &self,
+        actor: &Actor,
+        key: &IdentityKey,
+    ) -> Result<(), ServerError> {
+        let identity = self.get_identity(key).await?;
+        let now = self.clock.now();
+        // Drop from the cache first: a concurrent issuance must not see it.
+        self.cache_drop(&identity.spiffe_id);
+        self.store
+            .delete_identity(
+                &identity.id,
+                audit(
+                    actor,
+                    now,
+                    "identity.delete",
+                    identity.spiffe_id.as_str(),
+                    json!({"id": identity.id}),
+                ),
+            )
+            .await?;
+        self.cache_drop(&identity.spiffe_id);
+        Ok(())
+    }
+
+    // ---- issuance ----
+
+    /// The identity must exist and be active.
+    async fn issuable(&self, spiffe_id: &SpiffeId) -> Result<Arc<Identity>, ServerError> {
+        let identity = self.identity_for(spiffe_id).await?;
+        if identity.status != IdentityStatus::Active {
+            return Err(ServerError::Forbidden(
+                "identity_disabled",
+                format!("identity {spiffe_id} is disabled and gets no new credentials"),
+            ));
+        }
+        Ok(identity)
+    }
+
+    fn effective_ttl(
+        &self,
+        requested: Option<Duration>,
+        default: Duration,
+        max: Duration,
+        identity: &Identity,
+    ) -> Result<Duration, ServerError> {
+        if let Some(r) = requested {
+            if r <= Duration::ZERO {
+                return Err(ServerError::bad("invalid_ttl", "ttl must be positive"));
+            }
+        }
+        let mut ttl = requested.unwrap_or(default).min(max);
+        if let Some(cap) = identity.max_ttl_seconds {
+            ttl = ttl.min(Duration::seconds(i64::from(cap)));
+        }
+        Ok(ttl)
+    }
+
+    /// Issues an X509-SVID from a checked CSR.
+    pub async fn issue_x509_from_csr(
+        &self,
+        actor: &Actor,
+        spiffe_id: &SpiffeId,
+        csr: CheckedCsr,
+        ttl: Option<Duration>,
+    ) -> Result<X509Svid, ServerError> {
+        if let Some(asked) = &csr.requested_id {
+            if asked != spiffe_id {
+                return Err(ServerError::bad(
+                    "spiffe_id_mismatch",
+                    format!("the CSR asks for {asked} but the request is for {spiffe_id}"),
+                ));
+            }
+        }
+        self.issue_x509(actor, spiffe_id, &csr.key, ttl).await
+    }
+
+    /// Issues an X509-SVID over `key` and records it durably before returning.
+    pub async fn issue_x509(
+        &self,
+        actor: &Actor,
+        spiffe_id: &SpiffeId,
+        key: &LeafKey,
+        ttl: Option<Duration>,
+    ) -> Result<X509Svid, ServerError> {
+        let identity = self.issuable(spiffe_id).await?;
+        let ttl = self.effective_ttl(
+            ttl,
+            self.policy.x509_default_ttl,
+            self.policy.x509_max_ttl,
+            &identity,
+        )?;
+        let auth = self.authority();
+        let now = self.clock.now();
+        let not_after = (now + ttl).min(auth.intermediate.not_after);
+        let not_before = now - self.policy.backdate;
+        let serial = Serial::from_random(self.rng.bytes16());
+        let der = auth
+            .intermediate
+            .issue_svid(spiffe_id, key, &serial, not_before, not_after)?;
+        let fingerprint = key.fingerprint();
+        let cred = IssuedCredential {
+            kind: CredentialKind::X509,
+            serial: serial.to_hex(),
+            identity_id: identity.id.clone(),
+            spiffe_id: spiffe_id.clone(),
+            issuer: auth.intermediate_id.clone(),
+            not_before: not_before.max(auth.intermediate.not_before),
+            not_after,
+            key_fingerprint: Some(fingerprint.clone()),
+        };
+        let rec = audit(
+            actor,
+            now,
+            "x509.issue",
+            spiffe_id.as_str(),
+            json!({
+                "serial": cred.serial,
+                "ttl_seconds": (not_after - now).whole_seconds(),
+                "key_sha256": fingerprint,
+                "issuer": auth.intermediate_id,
+            }),
+        );
+        let not_before = cred.not_before;
+        self.store.record_issued(vec![(cred, rec)]).await?;
+        let mut chain_pem = certs_to_pem([der.as_slice()]);
+        chain_pem.push_str(&auth.chain_pem());
+        Ok(X509Svid {
+            spiffe_id: spiffe_id.clone(),
+            serial,
+            not_before,
+            not_after,
+            chain_pem,
+            bundle_pem: auth.bundle_pem(),
+            leaf_der: der,
+        })
+    }
+
+    /// Generates a key on the server and issues an X509-SVID for it (admin use).
+    pub async fn mint_x509(
+        &self,
+        actor: &Actor,
+        spiffe_id: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<(X509Svid, zeroize::Zeroizing<String>), ServerError> {
+        let key = SoftwareKey::generate()?;
+        let spki = credence_ca::Signer::public_key_spki(&key);
+        let leaf = LeafKey::from_spki_der(&spki)?;
+        let svid = self.issue_x509(actor, spiffe_id, &leaf, ttl).await?;
+        Ok((svid, key.pkcs8_pem()))
+    }
+
+    /// Mints a JWT-SVID.
+    pub async fn mint_jwt(
+        &self,
+        actor: &Actor,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<JwtSvid, ServerError> {
+        if audience.is_empty() {
+            return Err(ServerError::bad(
+                "missing_audience",
+                "a JWT-SVID needs at least one audience",
+            ));
+        }
+        if audience.len() > 32 || audience.iter().any(|a| a.is_empty() || a.len() > 512) {
+            return Err(ServerError::bad(
+                "invalid_audience",
+                "audiences must be 1 to 32 non-empty strings of at most 512 bytes",
+            ));
+        }
+        let identity = self.issuable(spiffe_id).await?;
+        let ttl = self.effective_ttl(
+            ttl,
+            self.policy.jwt_default_ttl,
+            self.policy.jwt_max_ttl,
+            &identity,
+        )?;
+        let auth = self.authority();
+        let now = self.clock.now();
+        let exp = now + ttl;
+        let jti = hex::encode(self.rng.bytes16());
+        let token = auth.jwt.sign(&JwtSvidClaims {
+            iss: self.issuer_url.as_deref(),
+            sub: spiffe_id,
+            aud: Audience(audience),
+            exp: exp.unix_timestamp(),
+            iat: now.unix_timestamp(),
+            jti: &jti,
+        })?;
+        let cred = IssuedCredential {
+            kind: CredentialKind::Jwt,
+            serial: jti.clone(),
+            identity_id: identity.id.clone(),
+            spiffe_id: spiffe_id.clone(),
+            issuer: format!("jwt-{}", auth.jwt.kid()),
+            not_before: now,
+            not_after: exp,
+            key_fingerprint: None,
+        };
+        let rec = audit(
+            actor,
+            now,
+            "jwt.issue",
+            spiffe_id.as_str(),
+            json!({"jti": jti, "aud": audience, "ttl_seconds": ttl.whole_seconds(), "kid": auth.jwt.kid()}),
+        );
+        self.store.record_issued(vec![(cred, rec)]).await?;
+        Ok(JwtSvid {
+            spiffe_id: spiffe_id.clone(),
+            token,
+            jti,
+            expires_at: exp,
+        })
+    }
+
+    // ---- revocation ----
+
+    pub async fn revoke(
+        &self,
+        actor: &Actor,
+        target: RevokeTarget,
+        reason: RevocationReason,
+    ) -> Result<Vec<RevokedEntry>, ServerError> {
+        let now = self.clock.now();
+        let out = match &target {
+            RevokeTarget::Serial(s) => {
+                let key = s.clone();
+                vec![
+                    self.store
+                        .revoke_serial(
+                            &key,
+                            reason,
+                            now,
+                            audit(
+                                actor,
+                                now,
+                                "revoke.credential",
+                                &key,
+                                json!({"reason": reason}),
+                            ),
+                        )
+                        .await?,
+                ]
+            }
+            RevokeTarget::SpiffeId(id) => {
+                self.store
+                    .revoke_identity_credentials(
+                        id,
+                        reason,
+                        now,
+                        audit(
+                            actor,
+                            now,
+                            "revoke.identity",
+                            id.as_str(),
+                            json!({"reason": reason}),
+                        ),
+                    )
+                    .await?
+            }
+        };
+        if out.iter().any(|e| e.kind == CredentialKind::X509) {
+            // The next /crl call re-signs.
+            if let Ok(mut c) = self.crl.lock() {
+                *c = None;
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn is_revoked(&self, serial: &str) -> Result<bool, ServerError> {
+        Ok(self.store.is_revoked(serial).await?)
+    }
+
+    /// The current CRL of `issuer` (default: the active intermediate), DER.
+    /// Cached until a revocation or half its lifetime has passed.
+    pub async fn crl(&self, issuer: Option<&str>) -> Result<Arc<Vec<u8>>, ServerError> {
+        let auth = self.authority();
+        let issuer_id = issuer.unwrap_or(&auth.intermediate_id).to_owned();
+        let now = self.clock.now();
+        if let Ok(c) = self.crl.lock() {
+            if let Some(c) = c.as_ref() {
+                if c.issuer == issuer_id
+                    && now < c.this_update + (c.next_update - c.this_update) / 2
+                {
+                    return Ok(c.der.clone());
+                }
+            }
+        }
+        let signer = auth
+            .issuer_by_id(&issuer_id)
+            .ok_or_else(|| ServerError::NotFound(format!("no CA {issuer_id}")))?;
+        let revoked = self.store.list_revoked(CredentialKind::X509, now).await?;
+        let mut entries = Vec::with_capacity(revoked.len());
+        for r in revoked.iter().filter(|r| r.issuer == issuer_id) {
+            entries.push(CrlEntry {
+                serial: Serial::parse_hex(&r.serial).map_err(|e| {
+                    ServerError::Internal(format!("stored serial {:?}: {e}", r.serial))
+                })?,
+                revoked_at: r.revoked_at,
+                reason: r.reason,
+            });
+        }
+        let number = self.store.next_crl_number(&issuer_id).await?;
+        let this_update = now;
+        let next_update = (now + self.policy.crl_lifetime).min(signer.not_after);
+        let der = Arc::new(signer.sign_crl(&entries, number, this_update, next_update)?);
+        if issuer_id == auth.intermediate_id {
+            if let Ok(mut c) = self.crl.lock() {
+                *c = Some(CachedCrl {
+                    issuer: issuer_id,
+                    der: der.clone(),
+                    this_update,
+                    next_update,
+                });
+            }
+        }
+        Ok(der)
+    }
+
+    /// Hash used to compare admin tokens in constant time.
+    pub fn token_hash(token: &str) -> [u8; 32] {
+        sha256(token.as_bytes())
+    }
+}
+
+/// How an identity is named in a request.
+#[derive(Clone, Debug)]
+pub enum IdentityKey {
+    Id(IdentityId),
+    SpiffeId(SpiffeId),
+}
+
+impl IdentityKey {
+    pub fn parse(s: &str) -> Result<Self, ServerError> {
+        if s.starts_with("spiffe://") {
+            Ok(Self::SpiffeId(SpiffeId::parse(s)?))
+        } else {
+            Ok(Self::Id(IdentityId::parse(s)?))
+        }
+    }
+}
+
+impl std::fmt::Display for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(i) => i.fmt(f),
+            Self::SpiffeId(s) => s.fmt(f),
+        }
+    }
+}
+
+/// Fields of a new identity.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewIdentity {
+    pub spiffe_id: SpiffeId,
+    pub kind: credence_core::IdentityKind,
+    pub owner: credence_core::Owner,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub labels: Option<credence_core::Labels>,
+    #[serde(default)]
+    pub selectors: Option<Vec<credence_core::Selector>>,
+    #[serde(default)]
+    pub max_ttl_seconds: Option<u32>,
+}
+
+/// A partial update; absent fields stay as they are. `max_ttl_seconds: null`
+/// removes the cap.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityUpdate {
+    #[serde(default)]
+    pub kind: Option<credence_core::IdentityKind>,
+    #[serde(default)]
+    pub owner: Option<credence_core::Owner>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub labels: Option<credence_core::Labels>,
+    #[serde(default)]
+    pub selectors: Option<Vec<credence_core::Selector>>,
+    #[serde(default, with = "double_option")]
+    pub max_ttl_seconds: Option<Option<u32>>,
+    #[serde(default)]
+    pub status: Option<IdentityStatus>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+        Option::<u32>::deserialize(d).map(Some)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum RevokeTarget {
+    Serial(String),
+    SpiffeId(SpiffeId),
+}
+
+fn check_ttl(t: Option<u32>) -> Result<(), ServerError> {
+    if t == Some(0) {
+        return Err(ServerError::bad(
+            "invalid_ttl",
+            "max_ttl_seconds must be positive",
+        ));
+    }
+    Ok(())
+}
+
+fn check_description(d: &str) -> Result<(), ServerError> {
+    if d.len() > 4096 {
+        return Err(ServerError::bad(
+            "invalid_request",
+            "description is longer than 4096 bytes",
+        ));
+    }
+    Ok(())
+}

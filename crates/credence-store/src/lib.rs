@@ -1,0 +1,295 @@
+//! The one storage contract of Credence, and its SQLite backend.
+//!
+//! # Contract
+//!
+//! [`Store`] is everything the server persists: registered identities, the
+//! credentials issued to them (for revocation, inventory and the CRL), CA key
+//! material (private keys arrive already wrapped by the caller), per-issuer
+//! CRL numbers and the audit log. A later PostgreSQL backend implements the
+//! same trait and runs the same conformance tests (`tests/it/conformance.rs`).
+//!
+//! - Every mutation that takes an [`AuditRecord`] writes it in the **same
+//!   transaction** as the change: there is never a change without its audit
+//!   row, nor an audit row for a change that failed.
+//! - Timestamps are stored as INTEGER unix seconds: sub-second precision is
+//!   dropped.
+//! - Errors are [`StoreError`]: `NotFound`, `Conflict` (unique violation),
+//!   `Invalid` (corrupt row, bad cursor), `Backend` (database error) and
+//!   `Closed` (after [`Store::close`]).
+//!
+//! # SQLite backend and group commit
+//!
+//! [`SqliteStore`] runs in WAL mode with one write connection and a small
+//! pool of read connections, so reads never wait for the writer. The write
+//! connection is owned by a single writer task; every mutation is a message
+//! to it, so no two writes ever interleave and a caller that goes away cannot
+//! leave a transaction half done.
+//!
+//! [`Store::record_issued`], the issuance hot path, uses group commit: while
+//! the writer is committing (and, with [`Durability::Full`], syncing), new
+//! requests queue up. When it comes back, it takes every queued issuance
+//! request (up to about [`GROUP_COMMIT_MAX`] credentials), writes them in one
+//! transaction with multi-row `INSERT`s (chunked under the bound-parameter
+//! limit) into `credentials` and `audit_events` plus one `UPDATE` of
+//! `last_issued_at` per distinct identity, commits once and then answers each
+//! waiting caller. There is no timer: under light load a batch is one request,
+//! under heavy load one fsync covers thousands of credentials. If the batch
+//! transaction fails, every caller of that batch gets the error, except that
+//! a unique violation (a repeated serial) in a batch of several callers is
+//! retried caller by caller so only the offending request fails.
+
+mod error;
+mod sqlite;
+
+use credence_core::{
+    Identity, IdentityId, IdentityKind, IdentityStatus, RevocationReason, SpiffeId,
+};
+use time::OffsetDateTime;
+
+pub use error::StoreError;
+pub use sqlite::{GROUP_COMMIT_MAX, SqliteStore};
+
+/// How hard the database syncs on commit. The journal is always WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `PRAGMA synchronous=NORMAL`: a commit survives a process crash; the
+    /// last commits may be lost on power failure.
+    #[default]
+    Normal,
+    /// `PRAGMA synchronous=FULL`: every commit is synced to disk before it
+    /// returns (group commit amortizes the sync).
+    Full,
+}
+
+/// One audit record, written in the SAME transaction as the change it
+/// describes.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// e.g. `admin-token`, `spiffe://td/x`
+    pub actor: String,
+    /// e.g. `identity.create`, `x509.issue`, `revoke.serial`, `ca.create`
+    pub action: String,
+    /// e.g. a SPIFFE ID or serial
+    pub target: String,
+    /// `success` or `failure`
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+/// What kind of credential a serial names. Stored as `x509` / `jwt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    X509,
+    Jwt,
+}
+
+impl CredentialKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::X509 => "x509",
+            Self::Jwt => "jwt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "x509" => Some(Self::X509),
+            "jwt" => Some(Self::Jwt),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A credential that was issued (recorded for revocation, inventory, CRL).
+#[derive(Clone, Debug)]
+pub struct IssuedCredential {
+    pub kind: CredentialKind,
+    /// X.509: lowercase hex serial (`Serial::to_hex()`); JWT: the `jti`.
+    pub serial: String,
+    pub identity_id: IdentityId,
+    pub spiffe_id: SpiffeId,
+    /// Id of the CA that signed it.
+    pub issuer: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// sha256 hex of the SPKI, for X.509.
+    pub key_fingerprint: Option<String>,
+}
+
+/// A revoked credential.
+#[derive(Clone, Debug)]
+pub struct RevokedEntry {
+    pub serial: String,
+    pub kind: CredentialKind,
+    pub spiffe_id: SpiffeId,
+    pub revoked_at: OffsetDateTime,
+    pub reason: RevocationReason,
+    pub not_after: OffsetDateTime,
+    pub issuer: String,
+}
+
+/// Stored CA material.
+#[derive(Clone, Debug)]
+pub struct CaRecord {
+    /// e.g. `root-<hex>`, `int-<hex>`, `jwt-<kid>`
+    pub id: String,
+    /// `root`, `intermediate` or `jwt`
+    pub role: String,
+    /// None for JWT signing keys.
+    pub cert_der: Option<Vec<u8>>,
+    /// SPKI DER.
+    pub public_key_der: Vec<u8>,
+    /// The private key, already encrypted by the caller.
+    pub wrapped_key: Vec<u8>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub active: bool,
+    pub created_at: OffsetDateTime,
+}
+
+/// Filter for [`Store::list_identities`]; every given condition must hold.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityFilter {
+    pub kind: Option<IdentityKind>,
+    pub owner: Option<String>,
+    pub status: Option<IdentityStatus>,
+    /// All must match (key=value).
+    pub labels: Vec<(String, String)>,
+    /// Exact match.
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// One page of a listing; pass `next_cursor` back to get the next page.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// The storage contract. See the crate docs.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    // identities
+
+    /// Conflict on a duplicate `spiffe_id` or `id`.
+    async fn create_identity(
+        &self,
+        identity: &Identity,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    async fn get_identity(&self, id: &IdentityId) -> Result<Option<Identity>, StoreError>;
+    async fn get_identity_by_spiffe_id(
+        &self,
+        spiffe_id: &SpiffeId,
+    ) -> Result<Option<Identity>, StoreError>;
+    /// Ordered by (created_at, id) ascending; `cursor` is the opaque
+    /// `next_cursor` of the previous page; `limit` is clamped to 1..=1000.
+    async fn list_identities(
+        &self,
+        filter: &IdentityFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Identity>, StoreError>;
+    /// Replaces all mutable fields (spiffe_id, kind, owner, description,
+    /// labels, selectors, max_ttl_seconds, status, updated_at). NotFound if
+    /// absent, Conflict if the new SPIFFE ID belongs to another identity.
+    async fn update_identity(
+        &self,
+        identity: &Identity,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Deletes the identity; its issued credential rows stay (for the CRL and
+    /// inventory). NotFound if absent.
+    async fn delete_identity(&self, id: &IdentityId, audit: AuditRecord) -> Result<(), StoreError>;
+
+    // issuance hot path (group commit)
+
+    /// Records issued credentials (+ one audit record each) and sets
+    /// `last_issued_at` of their identities (to the latest `audit.at` among
+    /// them), durably, before returning.
+    async fn record_issued(
+        &self,
+        creds: Vec<(IssuedCredential, AuditRecord)>,
+    ) -> Result<(), StoreError>;
+
+    // revocation
+
+    /// Revokes one credential by serial (x509 hex serial or jwt jti).
+    /// NotFound if never issued. If already revoked, returns the existing
+    /// entry unchanged (idempotent) without a second audit record.
+    async fn revoke_serial(
+        &self,
+        serial: &str,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<RevokedEntry, StoreError>;
+    /// Revokes every credential of the identity whose `not_after > at` and
+    /// that is not already revoked; returns the newly revoked entries ordered
+    /// by serial (may be empty; the audit record is still written).
+    async fn revoke_identity_credentials(
+        &self,
+        spiffe_id: &SpiffeId,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// Revoked credentials of `kind` with `not_after > now`, ordered by serial
+    /// (for the CRL: expired serials drop out).
+    async fn list_revoked(
+        &self,
+        kind: CredentialKind,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// False for an unknown serial.
+    async fn is_revoked(&self, serial: &str) -> Result<bool, StoreError>;
+    async fn get_credential(
+        &self,
+        serial: &str,
+    ) -> Result<Option<(IssuedCredential, Option<RevokedEntry>)>, StoreError>;
+    /// Deletes credential rows (revoked or not) whose `not_after < before`;
+    /// returns how many. Housekeeping.
+    async fn prune_expired(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    // CA material
+
+    /// Inserts; Conflict on the same id.
+    async fn save_ca(&self, ca: &CaRecord, audit: AuditRecord) -> Result<(), StoreError>;
+    /// NotFound if there is no CA with that id.
+    async fn set_ca_active(
+        &self,
+        id: &str,
+        active: bool,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Ordered by (created_at, id).
+    async fn list_cas(&self) -> Result<Vec<CaRecord>, StoreError>;
+    /// Monotonic per-issuer CRL number: atomically increments and returns the
+    /// new value (starts at 1).
+    async fn next_crl_number(&self, issuer: &str) -> Result<u64, StoreError>;
+
+    // audit
+
+    /// Appends an audit record that goes with no state change (for example a
+    /// refused request, `outcome: "failure"`); returns its sequence number.
+    async fn append_audit(&self, audit: AuditRecord) -> Result<u64, StoreError>;
+    async fn audit_count(&self) -> Result<u64, StoreError>;
+    /// Records with `seq > after_seq`, ascending; `limit` clamped to 1..=1000.
+    async fn list_audit(
+        &self,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
+
+    /// Finishes queued writes, then closes the database. Every later call
+    /// fails with [`StoreError::Closed`]. Idempotent.
+    async fn close(&self);
+}

@@ -1,0 +1,449 @@
+//! The SQLite backend. See the crate docs for the design.
+
+mod migrations;
+mod ops;
+mod rows;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use credence_core::{Identity, IdentityId, RevocationReason, SpiffeId};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, ConnectOptions, QueryBuilder};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use self::rows::{AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, ts};
+pub use self::writer::GROUP_COMMIT_MAX;
+use self::writer::{BoxFuture, IssueRequest, Msg, WriteOp};
+use crate::{
+    AuditRecord, CaRecord, CredentialKind, Durability, IdentityFilter, IssuedCredential, Page,
+    RevokedEntry, Store, StoreError,
+};
+
+/// Requests that may wait for the writer before senders are slowed down.
+const WRITE_QUEUE: usize = 4_096;
+/// Read connections (WAL readers never wait for the writer).
+const READ_CONNECTIONS: u32 = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page size bounds of the listings.
+const MAX_PAGE: u32 = 1_000;
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    read: SqlitePool,
+    writer: mpsc::Sender<Msg>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file: WAL mode, `synchronous`
+    /// per `durability`, foreign keys on, 5 s busy timeout; runs migrations.
+    /// Must be called inside a Tokio runtime (it spawns the writer task).
+    pub async fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Normal => SqliteSynchronous::Normal,
+                Durability::Full => SqliteSynchronous::Full,
+            })
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let mut conn: SqliteConnection = options.connect().await.map_err(|e| {
+            StoreError::Backend(format!("cannot open database {}: {e}", path.display()))
+        })?;
+        let migrator = migrations::migrator();
+        // boxed as Send here: otherwise rustc cannot prove `open`'s future
+        // Send ("implementation of `Acquire` is not general enough")
+        let migrate: BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> =
+            Box::pin(migrator.run(&mut conn));
+        migrate.await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.create_if_missing(false))
+            .await
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot open database {}: {e}", path.display()))
+            })?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(writer::run(conn, rx));
+        Ok(Self {
+            read,
+            writer: tx,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on the write connection, in the writer task.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.check_open()?;
+        let (reply, answer) = oneshot::channel();
+        let op: WriteOp = Box::new(move |conn| {
+            Box::pin(async move {
+                let _ = reply.send(f(conn).await);
+            })
+        });
+        self.writer
+            .send(Msg::Op(op))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn clamp_limit(limit: u32) -> u32 {
+    limit.clamp(1, MAX_PAGE)
+}
+
+/// Cursor: hex of `v1:<created_at>:<id>` of the last item of a page.
+fn encode_cursor(identity: &Identity) -> String {
+    hex::encode(format!("v1:{}:{}", ts(identity.created_at), identity.id))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, IdentityId), StoreError> {
+    let bad = || StoreError::Invalid("invalid cursor".to_owned());
+    let raw = hex::decode(cursor).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let rest = raw.strip_prefix("v1:").ok_or_else(bad)?;
+    let (at, id) = rest.split_once(':').ok_or_else(bad)?;
+    let at: i64 = at.parse().map_err(|_| bad())?;
+    let id = IdentityId::parse(id).map_err(|_| bad())?;
+    Ok((at, id))
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_identity(
+        &self,
+        identity: &Identity,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let identity = identity.clone();
+        self.write(move |c| Box::pin(ops::create_identity(c, identity, audit)))
+            .await
+    }
+
+    async fn get_identity(&self, id: &IdentityId) -> Result<Option<Identity>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IDENTITY_COLS} FROM identities WHERE id = ?"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::identity).transpose()
+    }
+
+    async fn get_identity_by_spiffe_id(
+        &self,
+        spiffe_id: &SpiffeId,
+    ) -> Result<Option<Identity>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IDENTITY_COLS} FROM identities WHERE spiffe_id = ?"
+        )))
+        .bind(spiffe_id.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::identity).transpose()
+    }
+
+    async fn list_identities(
+        &self,
+        filter: &IdentityFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Identity>, StoreError> {
+        self.check_open()?;
+        let limit = clamp_limit(limit);
+        let after = cursor.map(decode_cursor).transpose()?;
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {IDENTITY_COLS} FROM identities WHERE 1 = 1"
+        ));
+        if let Some(kind) = filter.kind {
+            qb.push(" AND kind = ").push_bind(kind.as_str());
+        }
+        if let Some(owner) = &filter.owner {
+            qb.push(" AND owner = ").push_bind(owner.as_str());
+        }
+        if let Some(status) = filter.status {
+            qb.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(spiffe_id) = &filter.spiffe_id {
+            qb.push(" AND spiffe_id = ").push_bind(spiffe_id.as_str());
+        }
+        for (key, value) in &filter.labels {
+            qb.push(
+                " AND EXISTS (SELECT 1 FROM identity_labels l \
+                 WHERE l.identity_id = identities.id AND l.key = ",
+            )
+            .push_bind(key.as_str())
+            .push(" AND l.value = ")
+            .push_bind(value.as_str())
+            .push(")");
+        }
+        if let Some((at, id)) = &after {
+            qb.push(" AND (created_at > ")
+                .push_bind(*at)
+                .push(" OR (created_at = ")
+                .push_bind(*at)
+                .push(" AND id > ")
+                .push_bind(id.as_str())
+                .push("))");
+        }
+        qb.push(" ORDER BY created_at, id LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let found = qb.build().fetch_all(&self.read).await?;
+        let mut items = found
+            .iter()
+            .map(rows::identity)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(encode_cursor)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn update_identity(
+        &self,
+        identity: &Identity,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let identity = identity.clone();
+        self.write(move |c| Box::pin(ops::update_identity(c, identity, audit)))
+            .await
+    }
+
+    async fn delete_identity(&self, id: &IdentityId, audit: AuditRecord) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |c| Box::pin(ops::delete_identity(c, id, audit)))
+            .await
+    }
+
+    async fn record_issued(
+        &self,
+        creds: Vec<(IssuedCredential, AuditRecord)>,
+    ) -> Result<(), StoreError> {
+        if creds.is_empty() {
+            return Ok(());
+        }
+        self.check_open()?;
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Msg::Issue(IssueRequest { creds, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn revoke_serial(
+        &self,
+        serial: &str,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<RevokedEntry, StoreError> {
+        let serial = serial.to_owned();
+        self.write(move |c| Box::pin(ops::revoke_serial(c, serial, reason, at, audit)))
+            .await
+    }
+
+    async fn revoke_identity_credentials(
+        &self,
+        spiffe_id: &SpiffeId,
+        reason: RevocationReason,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
+        let spiffe_id = spiffe_id.clone();
+        self.write(move |c| {
+            Box::pin(ops::revoke_identity_credentials(
+                c, spiffe_id, reason, at, audit,
+            ))
+        })
+        .await
+    }
+
+    async fn list_revoked(
+        &self,
+        kind: CredentialKind,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
+        self.check_open()?;
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CREDENTIAL_COLS} FROM credentials \
+             WHERE revoked_at IS NOT NULL AND not_after > ? AND kind = ? ORDER BY serial"
+        )))
+        .bind(ts(now))
+        .bind(kind.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::with_capacity(found.len());
+        for row in &found {
+            if let (_, Some(entry)) = rows::credential(row)? {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn is_revoked(&self, serial: &str) -> Result<bool, StoreError> {
+        self.check_open()?;
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM credentials WHERE serial = ? AND revoked_at IS NOT NULL",
+        )
+        .bind(serial)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn get_credential(
+        &self,
+        serial: &str,
+    ) -> Result<Option<(IssuedCredential, Option<RevokedEntry>)>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CREDENTIAL_COLS} FROM credentials WHERE serial = ?"
+        )))
+        .bind(serial)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::credential).transpose()
+    }
+
+    async fn prune_expired(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.write(move |c| Box::pin(ops::prune_expired(c, before)))
+            .await
+    }
+
+    async fn save_ca(&self, ca: &CaRecord, audit: AuditRecord) -> Result<(), StoreError> {
+        let ca = ca.clone();
+        self.write(move |c| Box::pin(ops::save_ca(c, ca, audit)))
+            .await
+    }
+
+    async fn set_ca_active(
+        &self,
+        id: &str,
+        active: bool,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| Box::pin(ops::set_ca_active(c, id, active, audit)))
+            .await
+    }
+
+    async fn list_cas(&self) -> Result<Vec<CaRecord>, StoreError> {
+        self.check_open()?;
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CA_COLS} FROM cas ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.read)
+        .await?;
+        found.iter().map(rows::ca).collect()
+    }
+
+    async fn next_crl_number(&self, issuer: &str) -> Result<u64, StoreError> {
+        let issuer = issuer.to_owned();
+        self.write(move |c| Box::pin(ops::next_crl_number(c, issuer)))
+            .await
+    }
+
+    async fn append_audit(&self, audit: AuditRecord) -> Result<u64, StoreError> {
+        self.write(move |c| Box::pin(ops::append_audit(c, audit)))
+            .await
+    }
+
+    async fn audit_count(&self) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+            .fetch_one(&self.read)
+            .await?;
+        u64::try_from(n).map_err(|e| StoreError::Invalid(format!("audit count {n}: {e}")))
+    }
+
+    async fn list_audit(
+        &self,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        self.check_open()?;
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLS} FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?"
+        )))
+        .bind(after)
+        .bind(i64::from(clamp_limit(limit)))
+        .fetch_all(&self.read)
+        .await?;
+        found.iter().map(rows::audit).collect()
+    }
+
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (done, finished) = oneshot::channel();
+        if self.writer.send(Msg::Shutdown(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+        self.read.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_rejects_garbage() {
+        let (at, id) = decode_cursor(&hex::encode(format!("v1:42:{}", "a".repeat(32)))).unwrap();
+        assert_eq!(at, 42);
+        assert_eq!(id.as_str(), "a".repeat(32));
+        for bad in [
+            "",
+            "zz",
+            &hex::encode("v2:1:x"),
+            &hex::encode("v1:x:aa"),
+            &hex::encode("v1:1:bad"),
+        ] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The mutations other than issuance, each one transaction on the write
+//! connection (run by the writer task), audit record included.
+
+use credence_core::{Identity, IdentityId, RevocationReason, SpiffeId};
+use sqlx::sqlite::{Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Transaction};
+use time::OffsetDateTime;
+
+use super::rows::{
+    self, CREDENTIAL_COLS, detail_json, labels_json, selectors_json, truncate_ts, ts,
+};
+use crate::{AuditRecord, CaRecord, RevokedEntry, StoreError};
+
+async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
+    // IMMEDIATE: take the write lock up front, so a read-then-write
+    // transaction cannot fail half way on a busy snapshot
+    Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+pub(crate) async fn insert_audit(
+    conn: &mut SqliteConnection,
+    audit: &AuditRecord,
+) -> Result<u64, StoreError> {
+    let detail = detail_json(&audit.detail)?;
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO audit_events (at, actor, action, target, outcome, detail_json) \
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+    )
+    .bind(ts(audit.at))
+    .bind(audit.actor.as_str())
+    .bind(audit.action.as_str())
+    .bind(audit.target.as_str())
+    .bind(audit.outcome.as_str())
+    .bind(detail)
+    .fetch_one(&mut *conn)
+    .await?;
+    u64::try_from(seq).map_err(|e| rows::corrupt("audit_events", "seq", e))
+}
+
+async fn exists(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    key: &str,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar(sql)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+async fn insert_labels(conn: &mut SqliteConnection, identity: &Identity) -> Result<(), StoreError> {
+    if identity.labels.is_empty() {
+        return Ok(());
+    }
+    // at most 64 labels x 3 parameters
+    let mut qb =
+        QueryBuilder::<Sqlite>::new("INSERT INTO identity_labels (identity_id, key, value) ");
+    qb.push_values(identity.labels.iter(), |mut b, (k, v)| {
+        b.push_bind(identity.id.as_str()).push_bind(k).push_bind(v);
+    });
+    qb.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+fn spiffe_conflict(spiffe_id: &SpiffeId) -> StoreError {
+    StoreError::Conflict(format!(
+        "identity with SPIFFE ID {spiffe_id} already exists"
+    ))
+}
+
+pub(crate) async fn create_identity(
+    conn: &mut SqliteConnection,
+    identity: Identity,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let labels = labels_json(&identity.labels)?;
+    let selectors = selectors_json(&identity.selectors)?;
+    let mut tx = begin(conn).await?;
+    if exists(
+        &mut tx,
+        "SELECT 1 FROM identities WHERE id = ?",
+        identity.id.as_str(),
+    )
+    .await?
+    {
+        return Err(StoreError::Conflict(format!(
+            "identity with id {} already exists",
+            identity.id
+        )));
+    }
+    if exists(
+        &mut tx,
+        "SELECT 1 FROM identities WHERE spiffe_id = ?",
+        identity.spiffe_id.as_str(),
+    )
+    .await?
+    {
+        return Err(spiffe_conflict(&identity.spiffe_id));
+    }
+    sqlx::query(
+        "INSERT INTO identities (id, spiffe_id, kind, owner, description, labels_json, \
+         selectors_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(identity.id.as_str())
+    .bind(identity.spiffe_id.as_str())
+    .bind(identity.kind.as_str())
+    .bind(identity.owner.as_str())
+    .bind(identity.description.as_str())
+    .bind(labels)
+    .bind(selectors)
+    .bind(identity.max_ttl_seconds.map(i64::from))
+    .bind(identity.status.as_str())
+    .bind(ts(identity.created_at))
+    .bind(ts(identity.updated_at))
+    .bind(identity.last_issued_at.map(ts))
+    .execute(&mut *tx)
+    .await?;
+    insert_labels(&mut tx, &identity).await?;
+    insert_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn update_identity(
+    conn: &mut SqliteConnection,
+    identity: Identity,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let labels = labels_json(&identity.labels)?;
+    let selectors = selectors_json(&identity.selectors)?;
+    let mut tx = begin(conn).await?;
+    let holder: Option<String> =
+        sqlx::query_scalar("SELECT id FROM identities WHERE spiffe_id = ?")
+            .bind(identity.spiffe_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+    if holder.is_some_and(|h| h != identity.id.as_str()) {
+        return Err(spiffe_conflict(&identity.spiffe_id));
+    }
+    let done = sqlx::query(
+        "UPDATE identities SET spiffe_id = ?, kind = ?, owner = ?, description = ?, \
+         labels_json = ?, selectors_json = ?, max_ttl_seconds = ?, status = ?, updated_at = ? \
+         WHERE id = ?",
+    )
+    .bind(identity.spiffe_id.as_str())
+    .bind(identity.kind.as_str())
+    .bind(identity.owner.as_str())
+    .bind(identity.description.as_str())
+    .bind(labels)
+    .bind(selectors)
+    .bind(identity.max_ttl_seconds.map(i64::from))
+    .bind(identity.status.as_str())
+    .bind(ts(identity.updated_at))
+    .bind(identity.id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(identity_not_found(&identity.id));
+    }
+    sqlx::query("DELETE FROM identity_labels WHERE identity_id = ?")
+        .bind(identity.id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    insert_labels(&mut tx, &identity).await?;
+    insert_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn identity_not_found(id: &IdentityId) -> StoreError {
+    StoreError::NotFound(format!("identity {id} not found"))
+}
+
+pub(crate) async fn delete_identity(
+    conn: &mut SqliteConnection,
+    id: IdentityId,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(conn).await?;
+    sqlx::query("DELETE FROM identity_labels WHERE identity_id = ?")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    let done = sqlx::query("DELETE FROM identities WHERE id = ?")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(identity_not_found(&id));
+    }
+    insert_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn revoke_serial(
+    conn: &mut SqliteConnection,
+    serial: String,
+    reason: RevocationReason,
+    at: OffsetDateTime,
+    audit: AuditRecord,
+) -> Result<RevokedEntry, StoreError> {
+    let mut tx = begin(conn).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CREDENTIAL_COLS} FROM credentials WHERE serial = ?"
+    )))
+    .bind(serial.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(format!(
+            "no credential with serial {serial} was issued"
+        )));
+    };
+    let (cred, revoked) = rows::credential(&row)?;
+    if let Some(existing) = revoked {
+        // idempotent: no change, no audit record
+        tx.rollback().await?;
+        return Ok(existing);
+    }
+    let at = truncate_ts(at);
+    sqlx::query(
+        "UPDATE credentials SET revoked_at = ?, revocation_reason = ? \
+         WHERE serial = ? AND revoked_at IS NULL",
+    )
+    .bind(ts(at))
+    .bind(reason.as_str())
+    .bind(serial.as_str())
+    .execute(&mut *tx)
+    .await?;
+    insert_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(rows::revoked_entry(&cred, at, reason))
+}
+
+pub(crate) async fn revoke_identity_credentials(
+    conn: &mut SqliteConnection,
+    spiffe_id: SpiffeId,
+    reason: RevocationReason,
+    at: OffsetDateTime,
+    audit: AuditRecord,
+) -> Result<Vec<RevokedEntry>, StoreError> {
+    let mut tx = begin(conn).await?;
+    let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE credentials SET revoked_at = ?, revocation_reason = ? \
+         WHERE spiffe_id = ? AND revoked_at IS NULL AND not_after > ? \
+         RETURNING {CREDENTIAL_COLS}"
+    )))
+    .bind(ts(at))
+    .bind(reason.as_str())
+    .bind(spiffe_id.as_str())
+    .bind(ts(at))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut entries = Vec::with_capacity(updated.len());
+    for row in &updated {
+        match rows::credential(row)? {
+            (_, Some(entry)) => entries.push(entry),
+            (_, None) => {
+                return Err(rows::corrupt(
+                    "credentials",
+                    "revoked_at",
+                    "not set by the update",
+                ));
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.serial.cmp(&b.serial));
+    insert_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(entries)
+}
+
+pub(crate) async fn prune_expired(
+    conn: &mut SqliteConnection,
+    before: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query("DELETE FROM credentials WHERE not_after < ?")
+        .bind(ts(before))
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn save_ca(
+    conn: &mut SqliteConnection,
+    ca: CaRecord,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(conn).await?;
+    if exists(&mut tx, "SELECT 1 FROM cas WHERE id = ?", &ca.id).await? {
+        return Err(StoreError::Conflict(format!(
+            "CA with id {} already exists",
+            ca.id
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO cas (id, role, cert_der, public_key_der, wrapped_key, not_before, \
+         not_after, active, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(ca.id.as_str())
+    .bind(ca.role.as_str())
+    .bind(ca.cert_der.as_deref())
+    .bind(ca.public_key_der.as_slice())
+    .bind(ca.wrapped_key.as_slice())
+    .bind(ts(ca.not_before))
+    .bind(ts(ca.not_after))
+    .bind(i64::from(ca.active))
+    .bind(ts(ca.created_at))
+    .execute(&mut *tx)
+    .await?;
+    insert_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn set_ca_active(
+    conn: &mut SqliteConnection,
+    id: String,
+    active: bool,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(conn).await?;
+    let done = sqlx::query("UPDATE cas SET active = ? WHERE id = ?")
+        .bind(i64::from(active))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("CA {id} not found")));
+    }
+    insert_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(crate) async fn next_crl_number(
+    conn: &mut SqliteConnection,
+    issuer: String,
+) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "INSERT INTO crl_numbers (issuer, last) VALUES (?, 1) \
+         ON CONFLICT (issuer) DO UPDATE SET last = crl_numbers.last + 1 \
+         RETURNING last",
+    )
+    .bind(issuer.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    u64::try_from(n).map_err(|e| rows::corrupt("crl_numbers", "last", e))
+}
+
+pub(crate) async fn append_audit(
+    conn: &mut SqliteConnection,
+    audit: AuditRecord,
+) -> Result<u64, StoreError> {
+    insert_audit(conn, &audit).await
+}

@@ -1,0 +1,218 @@
+//! Conversions between rows and the store's types. A malformed value is a
+//! [`StoreError::Invalid`] naming the table and column.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use credence_core::{
+    Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, RevocationReason, Selector,
+    SpiffeId,
+};
+use sqlx::sqlite::{Sqlite, SqliteRow};
+use sqlx::{Decode, Row, Type};
+use time::OffsetDateTime;
+
+use crate::{AuditRecord, CaRecord, CredentialKind, IssuedCredential, RevokedEntry, StoreError};
+
+pub(crate) const IDENTITY_COLS: &str = "id, spiffe_id, kind, owner, description, labels_json, \
+     selectors_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
+
+pub(crate) const CREDENTIAL_COLS: &str = "serial, kind, identity_id, spiffe_id, issuer, \
+     not_before, not_after, key_fingerprint, revoked_at, revocation_reason";
+
+pub(crate) const CA_COLS: &str =
+    "id, role, cert_der, public_key_der, wrapped_key, not_before, not_after, active, created_at";
+
+pub(crate) const AUDIT_COLS: &str = "seq, at, actor, action, target, outcome, detail_json";
+
+/// Unix seconds of a timestamp (sub-second precision is dropped).
+pub(crate) fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+/// A timestamp as it will read back from the database.
+pub(crate) fn truncate_ts(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+pub(crate) fn corrupt(table: &str, column: &str, why: impl std::fmt::Display) -> StoreError {
+    StoreError::Invalid(format!("corrupt {table} row: column {column}: {why}"))
+}
+
+fn get<'r, T>(row: &'r SqliteRow, table: &str, column: &str) -> Result<T, StoreError>
+where
+    T: Decode<'r, Sqlite> + Type<Sqlite>,
+{
+    row.try_get::<T, _>(column)
+        .map_err(|e| corrupt(table, column, e))
+}
+
+fn parse<T>(row: &SqliteRow, table: &str, column: &str) -> Result<T, StoreError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let s: String = get(row, table, column)?;
+    s.parse().map_err(|e| corrupt(table, column, e))
+}
+
+fn time_col(row: &SqliteRow, table: &str, column: &str) -> Result<OffsetDateTime, StoreError> {
+    let v: i64 = get(row, table, column)?;
+    OffsetDateTime::from_unix_timestamp(v).map_err(|e| corrupt(table, column, e))
+}
+
+fn opt_time_col(
+    row: &SqliteRow,
+    table: &str,
+    column: &str,
+) -> Result<Option<OffsetDateTime>, StoreError> {
+    let v: Option<i64> = get(row, table, column)?;
+    v.map(|v| OffsetDateTime::from_unix_timestamp(v).map_err(|e| corrupt(table, column, e)))
+        .transpose()
+}
+
+fn kind_col(row: &SqliteRow, table: &str, column: &str) -> Result<CredentialKind, StoreError> {
+    let s: String = get(row, table, column)?;
+    CredentialKind::parse(&s)
+        .ok_or_else(|| corrupt(table, column, format!("unknown credential kind {s:?}")))
+}
+
+pub(crate) fn labels_json(labels: &Labels) -> Result<String, StoreError> {
+    serde_json::to_string(labels.as_map())
+        .map_err(|e| StoreError::Invalid(format!("cannot encode labels: {e}")))
+}
+
+pub(crate) fn selectors_json(selectors: &[Selector]) -> Result<String, StoreError> {
+    let v: Vec<&str> = selectors.iter().map(Selector::as_str).collect();
+    serde_json::to_string(&v)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode selectors: {e}")))
+}
+
+pub(crate) fn detail_json(detail: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(detail)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode audit detail: {e}")))
+}
+
+pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
+    const T: &str = "identities";
+    let id: String = get(row, T, "id")?;
+    let id = IdentityId::parse(&id).map_err(|e| corrupt(T, "id", e))?;
+    let owner: String = get(row, T, "owner")?;
+    let owner = Owner::new(&owner).map_err(|e| corrupt(T, "owner", e))?;
+    let labels: String = get(row, T, "labels_json")?;
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(&labels).map_err(|e| corrupt(T, "labels_json", e))?;
+    let labels = Labels::new(labels).map_err(|e| corrupt(T, "labels_json", e))?;
+    let selectors: String = get(row, T, "selectors_json")?;
+    let selectors: Vec<String> =
+        serde_json::from_str(&selectors).map_err(|e| corrupt(T, "selectors_json", e))?;
+    let selectors = selectors
+        .iter()
+        .map(|s| Selector::parse(s).map_err(|e| corrupt(T, "selectors_json", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_ttl: Option<i64> = get(row, T, "max_ttl_seconds")?;
+    let max_ttl_seconds = max_ttl
+        .map(|v| u32::try_from(v).map_err(|e| corrupt(T, "max_ttl_seconds", e)))
+        .transpose()?;
+    Ok(Identity {
+        id,
+        spiffe_id: parse::<SpiffeId>(row, T, "spiffe_id")?,
+        kind: parse::<IdentityKind>(row, T, "kind")?,
+        owner,
+        description: get(row, T, "description")?,
+        labels,
+        selectors,
+        max_ttl_seconds,
+        status: parse::<IdentityStatus>(row, T, "status")?,
+        created_at: time_col(row, T, "created_at")?,
+        updated_at: time_col(row, T, "updated_at")?,
+        last_issued_at: opt_time_col(row, T, "last_issued_at")?,
+    })
+}
+
+/// A `credentials` row: the credential and, if revoked, its revocation.
+pub(crate) fn credential(
+    row: &SqliteRow,
+) -> Result<(IssuedCredential, Option<RevokedEntry>), StoreError> {
+    const T: &str = "credentials";
+    let identity_id: String = get(row, T, "identity_id")?;
+    let cred = IssuedCredential {
+        kind: kind_col(row, T, "kind")?,
+        serial: get(row, T, "serial")?,
+        identity_id: IdentityId::parse(&identity_id).map_err(|e| corrupt(T, "identity_id", e))?,
+        spiffe_id: parse::<SpiffeId>(row, T, "spiffe_id")?,
+        issuer: get(row, T, "issuer")?,
+        not_before: time_col(row, T, "not_before")?,
+        not_after: time_col(row, T, "not_after")?,
+        key_fingerprint: get(row, T, "key_fingerprint")?,
+    };
+    let revoked = match opt_time_col(row, T, "revoked_at")? {
+        None => None,
+        Some(revoked_at) => {
+            let reason: Option<String> = get(row, T, "revocation_reason")?;
+            let reason = reason.ok_or_else(|| {
+                corrupt(T, "revocation_reason", "missing for a revoked credential")
+            })?;
+            let reason = RevocationReason::from_str(&reason)
+                .map_err(|e| corrupt(T, "revocation_reason", e))?;
+            Some(revoked_entry(&cred, revoked_at, reason))
+        }
+    };
+    Ok((cred, revoked))
+}
+
+pub(crate) fn revoked_entry(
+    cred: &IssuedCredential,
+    revoked_at: OffsetDateTime,
+    reason: RevocationReason,
+) -> RevokedEntry {
+    RevokedEntry {
+        serial: cred.serial.clone(),
+        kind: cred.kind.clone(),
+        spiffe_id: cred.spiffe_id.clone(),
+        revoked_at,
+        reason,
+        not_after: cred.not_after,
+        issuer: cred.issuer.clone(),
+    }
+}
+
+pub(crate) fn ca(row: &SqliteRow) -> Result<CaRecord, StoreError> {
+    const T: &str = "cas";
+    let active: i64 = get(row, T, "active")?;
+    let active = match active {
+        0 => false,
+        1 => true,
+        other => return Err(corrupt(T, "active", format!("{other} is not 0 or 1"))),
+    };
+    Ok(CaRecord {
+        id: get(row, T, "id")?,
+        role: get(row, T, "role")?,
+        cert_der: get(row, T, "cert_der")?,
+        public_key_der: get(row, T, "public_key_der")?,
+        wrapped_key: get(row, T, "wrapped_key")?,
+        not_before: time_col(row, T, "not_before")?,
+        not_after: time_col(row, T, "not_after")?,
+        active,
+        created_at: time_col(row, T, "created_at")?,
+    })
+}
+
+pub(crate) fn audit(row: &SqliteRow) -> Result<(u64, AuditRecord), StoreError> {
+    const T: &str = "audit_events";
+    let seq: i64 = get(row, T, "seq")?;
+    let seq = u64::try_from(seq).map_err(|e| corrupt(T, "seq", e))?;
+    let detail: String = get(row, T, "detail_json")?;
+    let detail = serde_json::from_str(&detail).map_err(|e| corrupt(T, "detail_json", e))?;
+    Ok((
+        seq,
+        AuditRecord {
+            at: time_col(row, T, "at")?,
+            actor: get(row, T, "actor")?,
+            action: get(row, T, "action")?,
+            target: get(row, T, "target")?,
+            outcome: get(row, T, "outcome")?,
+            detail,
+        },
+    ))
+}

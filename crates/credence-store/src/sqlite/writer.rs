@@ -1,0 +1,202 @@
+//! The writer task: sole owner of the write connection, and group commit for
+//! issued credentials.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::sqlite::{Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder};
+use tokio::sync::{mpsc, oneshot};
+
+use super::rows::{detail_json, ts};
+use crate::{AuditRecord, IssuedCredential, StoreError};
+
+/// Most credentials one group-commit transaction takes from the queue (a
+/// single request larger than this still commits in one transaction).
+pub const GROUP_COMMIT_MAX: usize = 2_000;
+
+/// Rows per multi-row INSERT: 8 columns x 500 = 4,000 bound parameters, far
+/// under SQLite's 32,766 (and PostgreSQL's 65,535).
+const ROWS_PER_INSERT: usize = 500;
+
+pub(crate) type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
+
+/// A mutation run by the writer task on the write connection.
+pub(crate) type WriteOp =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
+
+pub(crate) struct IssueRequest {
+    pub(crate) creds: Vec<(IssuedCredential, AuditRecord)>,
+    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub(crate) enum Msg {
+    Issue(IssueRequest),
+    Op(WriteOp),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Runs until a `Shutdown` message arrives or every sender is gone.
+pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
+    // a non-issuance message found while draining the queue for a batch; it
+    // runs right after that batch commits, keeping arrival order
+    let mut held: Option<Msg> = None;
+    loop {
+        let msg = match held.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        match msg {
+            Msg::Op(op) => op(&mut conn).await,
+            Msg::Issue(first) => {
+                let mut count = first.creds.len();
+                let mut batch = vec![first];
+                while count < GROUP_COMMIT_MAX {
+                    match rx.try_recv() {
+                        Ok(Msg::Issue(req)) => {
+                            count += req.creds.len();
+                            batch.push(req);
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut conn, batch, count).await;
+            }
+            Msg::Shutdown(done) => {
+                // requests queued after the shutdown get `Closed` (their
+                // reply senders are dropped)
+                rx.close();
+                while rx.try_recv().is_ok() {}
+                if let Err(e) = conn.close().await {
+                    tracing::warn!(error = %e, "closing the SQLite write connection failed");
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the SQLite write connection failed");
+    }
+}
+
+/// Writes a whole batch in one transaction and answers every caller.
+async fn commit_group(conn: &mut SqliteConnection, batch: Vec<IssueRequest>, count: usize) {
+    let all: Vec<&(IssuedCredential, AuditRecord)> =
+        batch.iter().flat_map(|r| r.creds.iter()).collect();
+    let result = write_issued(conn, &all).await;
+    drop(all);
+    tracing::trace!(
+        callers = batch.len(),
+        credentials = count,
+        ok = result.is_ok(),
+        "group commit"
+    );
+    match result {
+        Err(StoreError::Conflict(_)) if batch.len() > 1 => {
+            // a repeated serial: retry caller by caller so that only the
+            // offending request fails
+            for req in batch {
+                let own: Vec<&(IssuedCredential, AuditRecord)> = req.creds.iter().collect();
+                let r = write_issued(conn, &own).await;
+                let _ = req.reply.send(r);
+            }
+        }
+        result => {
+            for req in batch {
+                let _ = req.reply.send(result.clone());
+            }
+        }
+    }
+}
+
+async fn write_issued(
+    conn: &mut SqliteConnection,
+    creds: &[&(IssuedCredential, AuditRecord)],
+) -> Result<(), StoreError> {
+    if creds.is_empty() {
+        return Ok(());
+    }
+    // everything that can fail before touching the database
+    let details = creds
+        .iter()
+        .map(|(_, a)| detail_json(&a.detail))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut last_issued: BTreeMap<&str, i64> = BTreeMap::new();
+    for (c, a) in creds {
+        let at = ts(a.at);
+        last_issued
+            .entry(c.identity_id.as_str())
+            .and_modify(|v| *v = (*v).max(at))
+            .or_insert(at);
+    }
+
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    for chunk in creds.chunks(ROWS_PER_INSERT) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO credentials (serial, kind, identity_id, spiffe_id, issuer, not_before, \
+             not_after, key_fingerprint) ",
+        );
+        qb.push_values(chunk, |mut b, (c, _)| {
+            b.push_bind(c.serial.as_str())
+                .push_bind(c.kind.as_str())
+                .push_bind(c.identity_id.as_str())
+                .push_bind(c.spiffe_id.as_str())
+                .push_bind(c.issuer.as_str())
+                .push_bind(ts(c.not_before))
+                .push_bind(ts(c.not_after))
+                .push_bind(c.key_fingerprint.as_deref());
+        });
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) if creds.len() == 1 => StoreError::Conflict(format!(
+                    "credential with serial {} is already recorded",
+                    creds[0].0.serial
+                )),
+                StoreError::Conflict(_) => StoreError::Conflict(
+                    "a credential with one of these serials is already recorded".to_owned(),
+                ),
+                other => other,
+            })?;
+    }
+    for (chunk, details) in creds
+        .chunks(ROWS_PER_INSERT)
+        .zip(details.chunks(ROWS_PER_INSERT))
+    {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit_events (at, actor, action, target, outcome, detail_json) ",
+        );
+        qb.push_values(chunk.iter().zip(details), |mut b, ((_, a), detail)| {
+            b.push_bind(ts(a.at))
+                .push_bind(a.actor.as_str())
+                .push_bind(a.action.as_str())
+                .push_bind(a.target.as_str())
+                .push_bind(a.outcome.as_str())
+                .push_bind(detail.as_str());
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    for (identity_id, at) in last_issued {
+        sqlx::query(
+            "UPDATE identities SET last_issued_at = ? \
+             WHERE id = ? AND (last_issued_at IS NULL OR last_issued_at < ?)",
+        )
+        .bind(at)
+        .bind(identity_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! `credence bench issue`: X509-SVID issuance throughput and latency, printed
+//! beside the raw crypto floor so results compare across machines.
+//!
+//! Stages, each for `--duration`:
+//! 1. raw floor: ECDSA P-256 sign and verify with aws-lc-rs on every core;
+//!    one issuance from a CSR costs one verify (proof of possession) plus
+//!    one sign, so the floor is `1 / (1/sign + 1/verify)` per core-set;
+//! 2. in-process: CSR check + sign + encode + durable group-committed store;
+//! 3. HTTP: the same through `POST /v1/x509/sign` with concurrent keep-alive
+//!    clients on loopback (the clients share the machine's cores).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    self, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair,
+};
+use clap::Subcommand;
+use serde_json::json;
+
+use credence_core::{SpiffeId, SystemClock, TrustDomain};
+use credence_server::authority::CaLifetimes;
+use credence_server::runtime::{self, Options};
+use credence_server::service::{Actor, IssuancePolicy, NewIdentity, Service};
+use credence_store::{Durability, SqliteStore, Store};
+
+use crate::client::CliError;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// X509-SVID issuance from CSRs: raw floor, in-process and over HTTP
+    Issue {
+        /// Length of each stage, e.g. 5s
+        #[arg(long, default_value = "5s")]
+        duration: String,
+        /// Concurrent requests in flight
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// SQLite durability: normal or full
+        #[arg(long, default_value = "normal")]
+        durability: String,
+        /// Skip the HTTP stage
+        #[arg(long)]
+        no_http: bool,
+    },
+}
+
+fn err(e: impl std::fmt::Display) -> CliError {
+    CliError(e.to_string())
+}
+
+/// Throughput and latency of one stage.
+struct Stage {
+    ops: u64,
+    elapsed: Duration,
+    lat_us: Vec<u32>,
+}
+
+impl Stage {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.lat_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.lat_us[i]) / 1000.0
+    }
+}
+
+/// Runs `f` on every core for `d`; returns ops/s.
+fn per_core_rate(d: Duration, f: impl Fn() + Send + Sync + 'static) -> f64 {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let f = Arc::new(f);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let t0 = Instant::now();
+                while t0.elapsed() < d {
+                    for _ in 0..64 {
+                        f();
+                    }
+                    n += 64;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+fn make_csrs(td: &TrustDomain, n: usize) -> Result<(SpiffeId, Vec<Vec<u8>>), CliError> {
+    let id = SpiffeId::from_parts(td, "/bench/svc").map_err(err)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let kp = rcgen::KeyPair::generate().map_err(err)?;
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().map_err(err)?)];
+        out.push(p.serialize_request(&kp).map_err(err)?.der().to_vec());
+    }
+    Ok((id, out))
+}
+
+async fn register(svc: &Service, id: &SpiffeId) -> Result<(), CliError> {
+    let new: NewIdentity = serde_json::from_value(json!({
+        "spiffe_id": id, "kind": "service", "owner": "bench",
+    }))
+    .map_err(err)?;
+    svc.create_identity(&Actor::admin(), new)
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
+    let BenchCmd::Issue {
+        duration,
+        concurrency,
+        durability,
+        no_http,
+    } = cmd;
+    let d = humantime::parse_duration(&duration).map_err(err)?;
+    let durability = credence_server::config::parse_durability(Some(&durability)).map_err(err)?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "credence bench issue: {cores} cores, {duration} per stage, concurrency {concurrency}, durability {}",
+        if durability == Durability::Full {
+            "full"
+        } else {
+            "normal"
+        }
+    );
+
+    // 1. raw floor
+    let key = Arc::new(
+        EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).map_err(|_| err("keygen"))?,
+    );
+    let msg = [0x42u8; 300];
+    let k = key.clone();
+    let sign_rate = tokio::task::spawn_blocking(move || {
+        let rng = SystemRandom::new();
+        per_core_rate(d, move || {
+            let _ = k.sign(&rng, &msg);
+        })
+    })
+    .await
+    .map_err(err)?;
+    let sig = key
+        .sign(&SystemRandom::new(), &msg)
+        .map_err(|_| err("sign"))?
+        .as_ref()
+        .to_vec();
+    let pk = key.public_key().as_ref().to_vec();
+    let verify_rate = tokio::task::spawn_blocking(move || {
+        per_core_rate(d, move || {
+            let _ =
+                signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &pk).verify(&msg, &sig);
+        })
+    })
+    .await
+    .map_err(err)?;
+    let floor = 1.0 / (1.0 / sign_rate + 1.0 / verify_rate);
+    println!("raw crypto floor (aws-lc-rs, all cores):");
+    println!("  ECDSA P-256 sign                 {sign_rate:>10.0} ops/s");
+    println!("  ECDSA P-256 verify               {verify_rate:>10.0} ops/s");
+    println!("  verify+sign per CSR (floor)      {floor:>10.0} certs/s");
+
+    let td = TrustDomain::new("bench.example").map_err(err)?;
+    let (id, csrs) = make_csrs(&td, 256)?;
+    let csrs = Arc::new(csrs);
+
+    // 2. in-process
+    let dir = tempfile::tempdir().map_err(err)?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&dir.path().join("bench.db"), durability)
+            .await
+            .map_err(err)?,
+    );
+    let svc = Arc::new(
+        Service::start(
+            store.clone(),
+            &[7u8; 32],
+            &td,
+            CaLifetimes::default(),
+            IssuancePolicy::default(),
+            None,
+            Arc::new(SystemClock),
+            Arc::new(credence_ca::SystemRandom),
+        )
+        .await
+        .map_err(err)?,
+    );
+    register(&svc, &id).await?;
+    let before = store.audit_count().await.map_err(err)?;
+    let stage = drive(concurrency, d, {
+        let svc = svc.clone();
+        let csrs = csrs.clone();
+        let id = id.clone();
+        move |i| {
+            let svc = svc.clone();
+            let csrs = csrs.clone();
+            let id = id.clone();
+            async move {
+                let der = &csrs[i % csrs.len()];
+                let checked = credence_ca::check_csr(der).map_err(err)?;
+                svc.issue_x509_from_csr(&Actor::admin(), &id, checked, None)
+                    .await
+                    .map_err(err)?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let recorded = store.audit_count().await.map_err(err)? - before;
+    report("in-process issuance from CSR", &stage, floor);
+    if recorded < stage.ops {
+        return Err(err(format!(
+            "only {recorded} of {} issued certificates were recorded",
+            stage.ops
+        )));
+    }
+    store.close().await;
+
+    if no_http {
+        return Ok(());
+    }
+
+    // 3. HTTP
+    let dir2 = tempfile::tempdir().map_err(err)?;
+    let token = "bench-admin-token-0123456789";
+    let running = runtime::start(Options {
+        trust_domain: td.clone(),
+        listen: "127.0.0.1:0".parse().map_err(err)?,
+        db_path: dir2.path().join("bench.db"),
+        durability,
+        kek: zeroize::Zeroizing::new(vec![9u8; 32]),
+        admin_token: zeroize::Zeroizing::new(token.to_owned()),
+        tls: None,
+        public_url: None,
+        lifetimes: CaLifetimes::default(),
+        policy: IssuancePolicy::default(),
+        clock: Arc::new(SystemClock),
+        rng: Arc::new(credence_ca::SystemRandom),
+    })
+    .await
+    .map_err(err)?;
+    register(&running.service, &id).await?;
+    let url = format!("{}/v1/x509/sign", running.base_url);
+    let bodies: Arc<Vec<bytes_body::Body>> = Arc::new(
+        csrs.iter()
+            .map(|der| {
+                let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.clone()));
+                bytes_body::Body(
+                    serde_json::to_vec(&json!({"spiffe_id": id, "csr": pem})).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    );
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .http1_only()
+        .build()
+        .map_err(err)?;
+    let before = running.service.store.audit_count().await.map_err(err)?;
+    let stage = drive(concurrency, d, {
+        let bodies = bodies.clone();
+        move |i| {
+            let http = http.clone();
+            let url = url.clone();
+            let body = bodies[i % bodies.len()].0.clone();
+            async move {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(err)?;
+                if !r.status().is_success() {
+                    return Err(err(format!("HTTP {}", r.status())));
+                }
+                let _ = r.bytes().await.map_err(err)?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let recorded = running.service.store.audit_count().await.map_err(err)? - before;
+    report(
+        &format!("HTTP issuance from CSR ({concurrency} clients)"),
+        &stage,
+        floor,
+    );
+    println!(
+        "  every certificate was recorded before its response ({recorded} audit records for {} certificates)",
+        stage.ops
+    );
+    running.shutdown().await.map_err(err)?;
+    Ok(())
+}
+
+mod bytes_body {
+    /// A pre-encoded request body.
+    pub struct Body(pub Vec<u8>);
+}
+
+fn report(name: &str, s: &Stage, floor: f64) {
+    println!(
+        "{name}:\n  {:>10.0} certs/s   p50 {:.2} ms   p99 {:.2} ms   {:.2} x floor   ({} certs in {:.1}s)",
+        s.rate(),
+        s.pct(0.50),
+        s.pct(0.99),
+        s.rate() / floor,
+        s.ops,
+        s.elapsed.as_secs_f64()
+    );
+}
+
+/// Runs `concurrency` loops calling `op` until `d` has passed.
+async fn drive<F, Fut>(concurrency: usize, d: Duration, op: F) -> Result<Stage, CliError>
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<(), CliError>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let op = op.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                op(i).await?;
+                lat.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                i += concurrency;
+            }
+            Ok::<_, CliError>(lat)
+        }));
+    }
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat_us = Vec::new();
+    for t in tasks {
+        lat_us.extend(t.await.map_err(err)??);
+    }
+    let elapsed = start.elapsed();
+    lat_us.sort_unstable();
+    Ok(Stage {
+        ops: lat_us.len() as u64,
+        elapsed,
+        lat_us,
+    })
+}

@@ -1,0 +1,596 @@
+//! Subcommand implementations.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use credence_core::{SystemClock, TrustDomain};
+use credence_server::authority::CaLifetimes;
+use credence_server::config::{DataDir, ServerConfig, parse_durability, write_private};
+use credence_server::runtime::{self, Options, Running};
+use credence_server::service::IssuancePolicy;
+
+use crate::client::{CliError, Client, enc};
+
+fn cli_err(e: impl std::fmt::Display) -> CliError {
+    CliError(e.to_string())
+}
+
+// ---- dev and server ----
+
+pub async fn dev(
+    dir: PathBuf,
+    listen: SocketAddr,
+    trust_domain: &str,
+    durability: &str,
+) -> Result<(), CliError> {
+    let td: TrustDomain = trust_domain.parse().map_err(cli_err)?;
+    if !listen.ip().is_loopback() {
+        return Err(CliError(format!(
+            "dev mode serves plain HTTP and listens on loopback only, not {listen}; use `credence server` with TLS"
+        )));
+    }
+    let data = DataDir::new(&dir);
+    let rng = credence_ca::SystemRandom;
+    let (admin_token, kek) = data.prepare(&rng).map_err(cli_err)?;
+    let running = runtime::start(Options {
+        trust_domain: td.clone(),
+        listen,
+        db_path: data.db(),
+        durability: parse_durability(Some(durability)).map_err(cli_err)?,
+        kek,
+        admin_token,
+        tls: None,
+        public_url: None,
+        lifetimes: CaLifetimes::default(),
+        policy: IssuancePolicy::default(),
+        clock: Arc::new(SystemClock),
+        rng: Arc::new(rng),
+    })
+    .await
+    .map_err(cli_err)?;
+    let bundle = running.service.authority().bundle_pem();
+    data.publish(&bundle, &running.base_url).map_err(cli_err)?;
+    let abs = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
+    let d = abs.display();
+    let url = &running.base_url;
+    println!("Credence dev server for trust domain {td}");
+    println!("  API:          {url}");
+    println!("  Health:       {url}/healthz");
+    println!("  SPIFFE bundle:{url}/bundle   (PEM: {d}/bundle.pem)");
+    println!("  OIDC:         {url}/.well-known/openid-configuration");
+    println!("  Admin token:  {d}/admin.token");
+    println!("  Database:     {d}/credence.db");
+    println!();
+    println!("Use it from another shell:");
+    println!("  export CREDENCE_ADDR={url}");
+    println!("  export CREDENCE_TOKEN=$(cat {d}/admin.token)");
+    println!("  # or pass --data-dir {d} to any admin command");
+    let _ = std::io::stdout().flush();
+    serve_until_signal(running).await
+}
+
+pub async fn server(config: &Path) -> Result<(), CliError> {
+    let cfg = ServerConfig::from_file(config).map_err(cli_err)?;
+    let opts = cfg.into_options().map_err(cli_err)?;
+    let running = runtime::start(opts).await.map_err(cli_err)?;
+    println!("Credence server listening on {}", running.base_url);
+    let _ = std::io::stdout().flush();
+    serve_until_signal(running).await
+}
+
+async fn serve_until_signal(mut running: Running) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(cli_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(cli_err)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        r = running.wait() => return r.map_err(cli_err),
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await.map_err(cli_err)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+// ---- identity ----
+
+#[derive(Subcommand)]
+pub enum IdentityCmd {
+    /// Register a new identity
+    Create(IdentityFields),
+    /// List identities (filters combine)
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// KEY=VALUE (repeatable; all must match)
+        #[arg(long)]
+        label: Vec<String>,
+        /// Page size (1..=1000)
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this cursor (from a previous --json listing)
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow cursors and list everything
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one identity (by id or SPIFFE ID)
+    Show { id: String },
+    /// Change fields of an identity; absent flags leave fields as they are
+    Update {
+        id: String,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Replace all labels (KEY=VALUE, repeatable)
+        #[arg(long)]
+        label: Vec<String>,
+        /// Replace all selectors (repeatable)
+        #[arg(long)]
+        selector: Vec<String>,
+        /// Credential lifetime cap, e.g. 30m
+        #[arg(long)]
+        max_ttl: Option<String>,
+    },
+    /// Stop issuing credentials to an identity
+    Disable { id: String },
+    /// Allow issuing again
+    Enable { id: String },
+    /// Remove an identity (its issued credentials stay on record)
+    Delete { id: String },
+}
+
+#[derive(Args)]
+pub struct IdentityFields {
+    #[arg(long)]
+    spiffe_id: String,
+    /// workload, service, bot, agent, device, ci_job or service_account
+    #[arg(long)]
+    kind: String,
+    /// The accountable human or team
+    #[arg(long)]
+    owner: String,
+    #[arg(long)]
+    description: Option<String>,
+    /// Workload selector type:value (repeatable), e.g. unix:uid:1000
+    #[arg(long)]
+    selector: Vec<String>,
+    /// KEY=VALUE (repeatable)
+    #[arg(long)]
+    label: Vec<String>,
+    /// Credential lifetime cap, e.g. 30m
+    #[arg(long)]
+    max_ttl: Option<String>,
+}
+
+fn labels_json(pairs: &[String]) -> Result<Value, CliError> {
+    let mut m = serde_json::Map::new();
+    for p in pairs {
+        let (k, v) = credence_core::Labels::parse_pair(p).map_err(cli_err)?;
+        m.insert(k, json!(v));
+    }
+    Ok(Value::Object(m))
+}
+
+fn ttl_seconds(s: &str) -> Result<u64, CliError> {
+    let d = humantime::parse_duration(s).map_err(|e| CliError(format!("duration {s:?}: {e}")))?;
+    Ok(d.as_secs())
+}
+
+fn print_identity_line(v: &Value) {
+    println!(
+        "{}  {:<16} {:<9} {:<20} {}",
+        v["id"].as_str().unwrap_or(""),
+        v["kind"].as_str().unwrap_or(""),
+        v["status"].as_str().unwrap_or(""),
+        v["owner"].as_str().unwrap_or(""),
+        v["spiffe_id"].as_str().unwrap_or(""),
+    );
+}
+
+fn print_identity(v: &Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    println!("id:             {}", s("id"));
+    println!("spiffe_id:      {}", s("spiffe_id"));
+    println!("kind:           {}", s("kind"));
+    println!("owner:          {}", s("owner"));
+    println!("status:         {}", s("status"));
+    if !s("description").is_empty() {
+        println!("description:    {}", s("description"));
+    }
+    if let Some(l) = v["labels"].as_object().filter(|m| !m.is_empty()) {
+        let parts: Vec<String> = l
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        println!("labels:         {}", parts.join(", "));
+    }
+    if let Some(sel) = v["selectors"].as_array().filter(|a| !a.is_empty()) {
+        let parts: Vec<&str> = sel.iter().filter_map(Value::as_str).collect();
+        println!("selectors:      {}", parts.join(", "));
+    }
+    if let Some(t) = v["max_ttl_seconds"].as_u64() {
+        println!("max_ttl:        {t}s");
+    }
+    println!("created_at:     {}", s("created_at"));
+    println!("updated_at:     {}", s("updated_at"));
+    if let Some(t) = v["last_issued_at"].as_str() {
+        println!("last_issued_at: {t}");
+    }
+}
+
+fn out(json_mode: bool, v: &Value, text: impl FnOnce(&Value)) {
+    if json_mode {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        text(v);
+    }
+}
+
+pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(), CliError> {
+    match cmd {
+        IdentityCmd::Create(f) => {
+            let mut body = json!({
+                "spiffe_id": f.spiffe_id,
+                "kind": f.kind,
+                "owner": f.owner,
+                "selectors": f.selector,
+                "labels": labels_json(&f.label)?,
+            });
+            if let Some(d) = f.description {
+                body["description"] = json!(d);
+            }
+            if let Some(t) = f.max_ttl {
+                body["max_ttl_seconds"] = json!(ttl_seconds(&t)?);
+            }
+            let v = c.post("/v1/identities", &body).await?;
+            out(json_mode, &v, |v| {
+                println!(
+                    "created {} {}",
+                    v["id"].as_str().unwrap_or(""),
+                    v["spiffe_id"].as_str().unwrap_or("")
+                );
+            });
+        }
+        IdentityCmd::List {
+            kind,
+            owner,
+            status,
+            label,
+            limit,
+            cursor,
+            all,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(k) = kind {
+                q.push(format!("kind={}", enc(&k)));
+            }
+            if let Some(o) = owner {
+                q.push(format!("owner={}", enc(&o)));
+            }
+            if let Some(s) = status {
+                q.push(format!("status={}", enc(&s)));
+            }
+            if !label.is_empty() {
+                q.push(format!("label={}", enc(&label.join(","))));
+            }
+            let mut cursor = cursor;
+            let mut items = Vec::new();
+            let mut next;
+            loop {
+                let mut qq = q.clone();
+                if let Some(cur) = &cursor {
+                    qq.push(format!("cursor={}", enc(cur)));
+                }
+                let v = c.get(&format!("/v1/identities?{}", qq.join("&"))).await?;
+                if let Some(a) = v["identities"].as_array() {
+                    items.extend(a.iter().cloned());
+                }
+                next = v["next_cursor"].as_str().map(str::to_owned);
+                if !all || next.is_none() {
+                    break;
+                }
+                cursor = next.clone();
+            }
+            let v = json!({"identities": items, "next_cursor": next});
+            out(json_mode, &v, |v| {
+                for i in v["identities"].as_array().into_iter().flatten() {
+                    print_identity_line(i);
+                }
+                if let Some(n) = v["next_cursor"].as_str() {
+                    eprintln!("(more: --cursor {n})");
+                }
+            });
+        }
+        IdentityCmd::Show { id } => {
+            let v = c.get(&format!("/v1/identities/{}", enc(&id))).await?;
+            out(json_mode, &v, print_identity);
+        }
+        IdentityCmd::Update {
+            id,
+            kind,
+            owner,
+            description,
+            label,
+            selector,
+            max_ttl,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(k) = kind {
+                body.insert("kind".into(), json!(k));
+            }
+            if let Some(o) = owner {
+                body.insert("owner".into(), json!(o));
+            }
+            if let Some(d) = description {
+                body.insert("description".into(), json!(d));
+            }
+            if !label.is_empty() {
+                body.insert("labels".into(), labels_json(&label)?);
+            }
+            if !selector.is_empty() {
+                body.insert("selectors".into(), json!(selector));
+            }
+            if let Some(t) = max_ttl {
+                body.insert("max_ttl_seconds".into(), json!(ttl_seconds(&t)?));
+            }
+            let v = c
+                .patch(
+                    &format!("/v1/identities/{}", enc(&id)),
+                    &Value::Object(body),
+                )
+                .await?;
+            out(json_mode, &v, print_identity);
+        }
+        IdentityCmd::Disable { id } => {
+            let v = c
+                .post(&format!("/v1/identities/{}/disable", enc(&id)), &json!({}))
+                .await?;
+            out(json_mode, &v, |v| {
+                println!("disabled {}", v["spiffe_id"].as_str().unwrap_or(""))
+            });
+        }
+        IdentityCmd::Enable { id } => {
+            let v = c
+                .post(&format!("/v1/identities/{}/enable", enc(&id)), &json!({}))
+                .await?;
+            out(json_mode, &v, |v| {
+                println!("enabled {}", v["spiffe_id"].as_str().unwrap_or(""))
+            });
+        }
+        IdentityCmd::Delete { id } => {
+            c.delete(&format!("/v1/identities/{}", enc(&id))).await?;
+            out(json_mode, &json!({"deleted": id}), |_| {
+                println!("deleted {id}")
+            });
+        }
+    }
+    Ok(())
+}
+
+// ---- x509 / jwt ----
+
+#[derive(Subcommand)]
+pub enum X509Cmd {
+    /// Generate a key on the server and issue an X509-SVID into DIR
+    Mint {
+        #[arg(long)]
+        spiffe_id: String,
+        /// Output directory: svid.pem (chain), svid.key (0600), bundle.pem
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. 1h (capped by server and identity limits)
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Issue an X509-SVID for a PKCS#10 CSR; prints the chain (leaf first)
+    Sign {
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+pub async fn x509(c: &Client, cmd: X509Cmd, json_mode: bool) -> Result<(), CliError> {
+    match cmd {
+        X509Cmd::Mint {
+            spiffe_id,
+            out: dir,
+            ttl,
+        } => {
+            let mut body = json!({"spiffe_id": spiffe_id});
+            if let Some(t) = ttl {
+                body["ttl"] = json!(t);
+            }
+            let v = c.post("/v1/x509/mint", &body).await?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| CliError(format!("cannot create {}: {e}", dir.display())))?;
+            let key_path = dir.join("svid.key");
+            let _ = std::fs::remove_file(&key_path);
+            write_private(&key_path, v["key_pem"].as_str().unwrap_or("").as_bytes())
+                .map_err(|e| CliError(format!("cannot write {}: {e}", key_path.display())))?;
+            for (name, field) in [("svid.pem", "chain_pem"), ("bundle.pem", "bundle_pem")] {
+                let p = dir.join(name);
+                std::fs::write(&p, v[field].as_str().unwrap_or(""))
+                    .map_err(|e| CliError(format!("cannot write {}: {e}", p.display())))?;
+            }
+            let mut shown = v.clone();
+            if let Some(m) = shown.as_object_mut() {
+                m.remove("key_pem");
+            }
+            out(json_mode, &shown, |v| {
+                println!(
+                    "issued {} serial {} expires {}",
+                    v["spiffe_id"].as_str().unwrap_or(""),
+                    v["serial"].as_str().unwrap_or(""),
+                    v["not_after"].as_str().unwrap_or("")
+                );
+                println!("wrote {}/svid.pem, svid.key, bundle.pem", dir.display());
+            });
+        }
+        X509Cmd::Sign {
+            csr,
+            spiffe_id,
+            ttl,
+        } => {
+            let pem = std::fs::read(&csr)
+                .map_err(|e| CliError(format!("cannot read {}: {e}", csr.display())))?;
+            let text = if pem.first() == Some(&0x30) {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(&pem)
+            } else {
+                String::from_utf8(pem)
+                    .map_err(|_| CliError(format!("{} is neither PEM nor DER", csr.display())))?
+            };
+            let mut body = json!({"spiffe_id": spiffe_id, "csr": text});
+            if let Some(t) = ttl {
+                body["ttl"] = json!(t);
+            }
+            let v = c.post("/v1/x509/sign", &body).await?;
+            out(json_mode, &v, |v| {
+                print!("{}", v["chain_pem"].as_str().unwrap_or(""))
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum JwtCmd {
+    /// Mint a JWT-SVID; prints the token alone
+    Mint {
+        #[arg(long)]
+        spiffe_id: String,
+        /// Audience (repeatable; at least one)
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+pub async fn jwt(c: &Client, cmd: JwtCmd, json_mode: bool) -> Result<(), CliError> {
+    let JwtCmd::Mint {
+        spiffe_id,
+        audience,
+        ttl,
+    } = cmd;
+    let mut body = json!({"spiffe_id": spiffe_id, "audience": audience});
+    if let Some(t) = ttl {
+        body["ttl"] = json!(t);
+    }
+    let v = c.post("/v1/jwt/mint", &body).await?;
+    out(json_mode, &v, |v| {
+        println!("{}", v["token"].as_str().unwrap_or(""))
+    });
+    Ok(())
+}
+
+// ---- revocation, CA, CRL ----
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeTargetArgs {
+    /// Certificate serial (hex)
+    #[arg(long)]
+    serial: Option<String>,
+    /// Every live credential of this identity
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// A JWT-SVID by its jti
+    #[arg(long)]
+    jti: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    target: RevokeTargetArgs,
+    /// RFC 5280 reason: unspecified, key_compromise, ca_compromise,
+    /// affiliation_changed, superseded, cessation_of_operation, privilege_withdrawn
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+pub async fn revoke(c: &Client, a: RevokeArgs, json_mode: bool) -> Result<(), CliError> {
+    let mut body = serde_json::Map::new();
+    if let Some(s) = a.target.serial {
+        body.insert("serial".into(), json!(s));
+    }
+    if let Some(s) = a.target.spiffe_id {
+        body.insert("spiffe_id".into(), json!(s));
+    }
+    if let Some(s) = a.target.jti {
+        body.insert("jti".into(), json!(s));
+    }
+    if let Some(r) = a.reason {
+        body.insert("reason".into(), json!(r));
+    }
+    let v = c.post("/v1/revocations", &Value::Object(body)).await?;
+    out(json_mode, &v, |v| {
+        let list = v["revoked"].as_array().cloned().unwrap_or_default();
+        println!("revoked {} credential(s)", list.len());
+        for r in list {
+            println!(
+                "  {} {} {} ({})",
+                r["kind"].as_str().unwrap_or(""),
+                r["serial"].as_str().unwrap_or(""),
+                r["spiffe_id"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or("")
+            );
+        }
+    });
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// Show the CA hierarchy
+    Show,
+    /// Replace the active intermediate with a new one
+    Rotate,
+}
+
+pub async fn ca(c: &Client, cmd: CaCmd, json_mode: bool) -> Result<(), CliError> {
+    let v = match cmd {
+        CaCmd::Show => c.get("/v1/ca").await?,
+        CaCmd::Rotate => c.post("/v1/ca/rotate", &json!({})).await?,
+    };
+    out(json_mode, &v, |v| {
+        let mut shown = v.clone();
+        if let Some(m) = shown.as_object_mut() {
+            m.remove("bundle_pem");
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&shown).unwrap_or_default()
+        );
+    });
+    Ok(())
+}
+
+pub async fn crl(c: &Client, out_file: Option<PathBuf>) -> Result<(), CliError> {
+    let der = c.get_bytes("/crl").await?;
+    match out_file {
+        Some(p) => std::fs::write(&p, der)
+            .map_err(|e| CliError(format!("cannot write {}: {e}", p.display()))),
+        None => std::io::stdout().write_all(&der).map_err(cli_err),
+    }
+}

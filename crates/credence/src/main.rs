@@ -1,0 +1,160 @@
+//! `credence`: one binary for the server (`dev`, `server`) and its admin CLI.
+
+mod bench;
+mod client;
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use client::CliError;
+
+#[derive(Parser)]
+#[command(
+    name = "credence",
+    version,
+    about = "Identity for workloads, services, devices and AI agents",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// How admin commands reach the server.
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Server URL
+    #[arg(long, env = "CREDENCE_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// Admin bearer token
+    #[arg(long, env = "CREDENCE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Dev data directory (admin commands read its addr and admin.token)
+    #[arg(long, env = "CREDENCE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the server's TLS certificate
+    #[arg(long, env = "CREDENCE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run an all-in-one development server on embedded SQLite (plain HTTP on loopback)
+    Dev(DevArgs),
+    /// Run the production server (TLS) from a config file
+    Server {
+        /// Path of the TOML config file (see conf/server.toml)
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage registered identities
+    #[command(subcommand)]
+    Identity(commands::IdentityCmd),
+    /// Issue X509-SVIDs
+    #[command(subcommand)]
+    X509(commands::X509Cmd),
+    /// Issue JWT-SVIDs
+    #[command(subcommand)]
+    Jwt(commands::JwtCmd),
+    /// Revoke a credential or every live credential of an identity
+    Revoke(commands::RevokeArgs),
+    /// Show or rotate the certificate authority
+    #[command(subcommand)]
+    Ca(commands::CaCmd),
+    /// Fetch the current CRL (DER) of the active intermediate
+    Crl {
+        /// Write to this file instead of stdout
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Measure issuance throughput and latency against the raw crypto floor
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Address to listen on (loopback only in dev mode)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// SPIFFE trust domain
+    #[arg(long, default_value = "example.org")]
+    trust_domain: String,
+    /// SQLite durability: normal (default) or full
+    #[arg(long, default_value = "normal")]
+    durability: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = rt.block_on(run(cli));
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.cmd {
+        Cmd::Dev(a) => {
+            init_tracing();
+            let data_dir = cli
+                .conn
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(".credence"));
+            commands::dev(data_dir, a.listen, &a.trust_domain, &a.durability).await
+        }
+        Cmd::Server { config } => {
+            init_tracing();
+            commands::server(&config).await
+        }
+        Cmd::Bench(b) => bench::run(b).await,
+        other => {
+            let client = client::Client::new(
+                cli.conn.addr.clone(),
+                cli.conn.token.clone(),
+                cli.conn.data_dir.as_deref(),
+                cli.conn.ca_file.as_ref(),
+            )?;
+            let json = cli.conn.json;
+            match other {
+                Cmd::Identity(c) => commands::identity(&client, c, json).await,
+                Cmd::X509(c) => commands::x509(&client, c, json).await,
+                Cmd::Jwt(c) => commands::jwt(&client, c, json).await,
+                Cmd::Revoke(a) => commands::revoke(&client, a, json).await,
+                Cmd::Ca(c) => commands::ca(&client, c, json).await,
+                Cmd::Crl { out } => commands::crl(&client, out).await,
+                Cmd::Dev(_) | Cmd::Server { .. } | Cmd::Bench(_) => Ok(()),
+            }
+        }
+    }
+}
