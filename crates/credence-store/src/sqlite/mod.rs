@@ -64,22 +64,28 @@ impl SqliteStore {
             })
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let mut conn: SqliteConnection = options.connect().await.map_err(|e| {
+        let cannot_open = |e: sqlx::Error| {
             StoreError::Backend(format!("cannot open database {}: {e}", path.display()))
-        })?;
-        let migrator = migrations::migrator();
-        // boxed as Send here: otherwise rustc cannot prove `open`'s future
-        // Send ("implementation of `Acquire` is not general enough")
-        let migrate: BoxFuture<'_, Result<(), sqlx::migrate::MigrateError>> =
-            Box::pin(migrator.run(&mut conn));
-        migrate.await?;
+        };
         let read = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
-            .connect_with(options.create_if_missing(false))
+            .connect_with(options.clone())
             .await
-            .map_err(|e| {
-                StoreError::Backend(format!("cannot open database {}: {e}", path.display()))
-            })?;
+            .map_err(cannot_open)?;
+        // Migrations run once, before the writer exists, through the pool:
+        // `Migrator::run(&mut SqliteConnection)` makes this future !Send
+        // ("implementation of `Acquire` is not general enough"), `&Pool` does not.
+        if let Err(e) = migrations::migrator().run(&read).await {
+            read.close().await;
+            return Err(e.into());
+        }
+        let conn: SqliteConnection = match options.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                read.close().await;
+                return Err(cannot_open(e));
+            }
+        };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(writer::run(conn, rx));
         Ok(Self {

@@ -1,7 +1,6 @@
 //! The conformance suite on [`SqliteStore`], plus SQLite-specific tests.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use credence_store::{Durability, SqliteStore, Store, StoreError};
 use sqlx::Connection;
@@ -151,60 +150,4 @@ async fn open_fails_cleanly_on_a_bad_path() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
-}
-
-/// Group-commit throughput; run with
-/// `cargo test -p credence-store --release --test it -- --ignored --nocapture throughput`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark"]
-async fn throughput() {
-    for durability in [Durability::Normal, Durability::Full] {
-        let h = SqliteHarness {
-            dir: tempfile::tempdir().unwrap(),
-            durability,
-        };
-        let store: std::sync::Arc<dyn Store> = h.open().await.into();
-        let idents: Vec<_> = (1..=100).map(conformance::identity).collect();
-        for i in &idents {
-            store
-                .create_identity(i, conformance::audit("identity.create", "x"))
-                .await
-                .unwrap();
-        }
-        const CALLERS: usize = 512;
-        const PER_CALLER: usize = 100;
-        let start = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..CALLERS {
-            let store = store.clone();
-            let ident = idents[c % idents.len()].clone();
-            tasks.spawn(async move {
-                for k in 0..PER_CALLER {
-                    let cr = conformance::cred(
-                        &ident,
-                        &format!("{c:06x}{k:06x}"),
-                        conformance::t(10_000),
-                    );
-                    store
-                        .record_issued(vec![conformance::issue(cr)])
-                        .await
-                        .unwrap();
-                }
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            r.unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let n = CALLERS * PER_CALLER;
-        println!(
-            "{durability:?}: {n} single-credential requests from {CALLERS} concurrent callers in {secs:.2}s = {:.0}/s",
-            n as f64 / secs
-        );
-        assert_eq!(
-            store.audit_count().await.unwrap(),
-            (n + idents.len()) as u64
-        );
-        store.close().await;
-    }
 }
