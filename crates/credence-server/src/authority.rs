@@ -124,16 +124,16 @@ pub async fn load_or_create(
                 .cert_der
                 .clone()
                 .ok_or_else(|| ServerError::Internal("root CA record has no certificate".into()))?;
-            if let Some(found) = trust_domain_of(&der) {
-                if found != td.as_str() {
-                    return Err(ServerError::bad(
-                        "trust_domain_mismatch",
-                        format!(
-                            "this data belongs to trust domain {found:?}, not {:?}",
-                            td.as_str()
-                        ),
-                    ));
-                }
+            if let Some(found) = trust_domain_of(&der)
+                && found != td.as_str()
+            {
+                return Err(ServerError::bad(
+                    "trust_domain_mismatch",
+                    format!(
+                        "this data belongs to trust domain {found:?}, not {:?}",
+                        td.as_str()
+                    ),
+                ));
             }
             (r.id.clone(), X509Issuer::new(der, unwrap(r)?)?)
         }

@@ -102,6 +102,7 @@ impl From<StoreError> for ServerError {
         match e {
             StoreError::NotFound(m) => Self::NotFound(m),
             StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::BadArgument(m) => Self::bad("invalid_request", m),
             StoreError::Closed => Self::Unavailable("store is shutting down".into()),
             other => Self::Internal(other.to_string()),
         }

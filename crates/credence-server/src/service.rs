@@ -456,10 +456,10 @@ impl Service {
         max: Duration,
         identity: &Identity,
     ) -> Result<Duration, ServerError> {
-        if let Some(r) = requested {
-            if r <= Duration::ZERO {
-                return Err(ServerError::bad("invalid_ttl", "ttl must be positive"));
-            }
+        if let Some(r) = requested
+            && r <= Duration::ZERO
+        {
+            return Err(ServerError::bad("invalid_ttl", "ttl must be positive"));
         }
         let mut ttl = requested.unwrap_or(default).min(max);
         if let Some(cap) = identity.max_ttl_seconds {
@@ -476,13 +476,13 @@ impl Service {
         csr: CheckedCsr,
         ttl: Option<Duration>,
     ) -> Result<X509Svid, ServerError> {
-        if let Some(asked) = &csr.requested_id {
-            if asked != spiffe_id {
-                return Err(ServerError::bad(
-                    "spiffe_id_mismatch",
-                    format!("the CSR asks for {asked} but the request is for {spiffe_id}"),
-                ));
-            }
+        if let Some(asked) = &csr.requested_id
+            && asked != spiffe_id
+        {
+            return Err(ServerError::bad(
+                "spiffe_id_mismatch",
+                format!("the CSR asks for {asked} but the request is for {spiffe_id}"),
+            ));
         }
         self.issue_x509(actor, spiffe_id, &csr.key, ttl).await
     }
@@ -692,14 +692,12 @@ impl Service {
         let auth = self.authority();
         let issuer_id = issuer.unwrap_or(&auth.intermediate_id).to_owned();
         let now = self.clock.now();
-        if let Ok(c) = self.crl.lock() {
-            if let Some(c) = c.as_ref() {
-                if c.issuer == issuer_id
-                    && now < c.this_update + (c.next_update - c.this_update) / 2
-                {
-                    return Ok(c.der.clone());
-                }
-            }
+        if let Ok(c) = self.crl.lock()
+            && let Some(c) = c.as_ref()
+            && c.issuer == issuer_id
+            && now < c.this_update + (c.next_update - c.this_update) / 2
+        {
+            return Ok(c.der.clone());
         }
         let signer = auth
             .issuer_by_id(&issuer_id)
@@ -719,15 +717,15 @@ impl Service {
         let this_update = now;
         let next_update = (now + self.policy.crl_lifetime).min(signer.not_after);
         let der = Arc::new(signer.sign_crl(&entries, number, this_update, next_update)?);
-        if issuer_id == auth.intermediate_id {
-            if let Ok(mut c) = self.crl.lock() {
-                *c = Some(CachedCrl {
-                    issuer: issuer_id,
-                    der: der.clone(),
-                    this_update,
-                    next_update,
-                });
-            }
+        if issuer_id == auth.intermediate_id
+            && let Ok(mut c) = self.crl.lock()
+        {
+            *c = Some(CachedCrl {
+                issuer: issuer_id,
+                der: der.clone(),
+                this_update,
+                next_update,
+            });
         }
         Ok(der)
     }

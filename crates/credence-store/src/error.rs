@@ -9,9 +9,12 @@ pub enum StoreError {
     /// A unique constraint would be violated.
     #[error("{0}")]
     Conflict(String),
-    /// A stored row or an argument (such as a cursor) is malformed.
+    /// A stored row is malformed (an internal error).
     #[error("{0}")]
     Invalid(String),
+    /// An argument from the caller (such as a cursor) is malformed.
+    #[error("{0}")]
+    BadArgument(String),
     /// The database failed.
     #[error("storage backend error: {0}")]
     Backend(String),

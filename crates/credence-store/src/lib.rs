@@ -14,7 +14,7 @@
 //! - Timestamps are stored as INTEGER unix seconds: sub-second precision is
 //!   dropped.
 //! - Errors are [`StoreError`]: `NotFound`, `Conflict` (unique violation),
-//!   `Invalid` (corrupt row, bad cursor), `Backend` (database error) and
+//!   `Invalid` (corrupt row), `BadArgument` (bad cursor), `Backend` (database error) and
 //!   `Closed` (after [`Store::close`]).
 //!
 //! # SQLite backend and group commit

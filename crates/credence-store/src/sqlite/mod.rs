@@ -136,7 +136,7 @@ fn encode_cursor(identity: &Identity) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, IdentityId), StoreError> {
-    let bad = || StoreError::Invalid("invalid cursor".to_owned());
+    let bad = || StoreError::BadArgument("invalid cursor".to_owned());
     let raw = hex::decode(cursor).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let rest = raw.strip_prefix("v1:").ok_or_else(bad)?;
@@ -447,7 +447,7 @@ mod tests {
             &hex::encode("v1:1:bad"),
         ] {
             assert!(
-                matches!(decode_cursor(bad), Err(StoreError::Invalid(_))),
+                matches!(decode_cursor(bad), Err(StoreError::BadArgument(_))),
                 "{bad}"
             );
         }

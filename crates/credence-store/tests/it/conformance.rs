@@ -376,7 +376,7 @@ pub async fn identity_list_filters_and_pagination(store: &dyn Store) {
         assert!(
             matches!(
                 store.list_identities(&none, Some(bad), 10).await,
-                Err(StoreError::Invalid(_))
+                Err(StoreError::BadArgument(_))
             ),
             "{bad}"
         );

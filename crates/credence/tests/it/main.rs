@@ -1,0 +1,10 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! End-to-end tests: start the real `credence` binary on a free loopback
+//! port and drive it through its CLI and HTTP API, and check its output with
+//! tools others wrote (openssl, pkilint, pyjwt).
+
+mod cli;
+mod http;
+mod interop;
+mod lifecycle;
+mod support;
