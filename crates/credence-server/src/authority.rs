@@ -47,17 +47,21 @@ pub struct Authority {
     pub jwt: JwtSigner,
     /// Bumped whenever the published bundle changes.
     pub sequence: u64,
+    /// PEM of the root certificate(s), computed once.
+    bundle_pem: String,
+    /// PEM of the intermediate, sent after every leaf, computed once.
+    chain_pem: String,
 }
 
 impl Authority {
     /// The PEM trust bundle (root certificates).
-    pub fn bundle_pem(&self) -> String {
-        credence_ca::x509::certs_to_pem([self.root.cert_der.as_slice()])
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
     }
 
     /// Chain to send after a leaf: the intermediate.
-    pub fn chain_pem(&self) -> String {
-        credence_ca::x509::certs_to_pem([self.intermediate.cert_der.as_slice()])
+    pub fn chain_pem(&self) -> &str {
+        &self.chain_pem
     }
 
     pub fn issuer_by_id(&self, id: &str) -> Option<&X509Issuer> {
@@ -240,7 +244,11 @@ pub async fn load_or_create(
     };
 
     let sequence = records.len() as u64 + 1;
+    let bundle_pem = credence_ca::x509::certs_to_pem([root.cert_der.as_slice()]);
+    let chain_pem = credence_ca::x509::certs_to_pem([intermediate.cert_der.as_slice()]);
     Ok(Authority {
+        bundle_pem,
+        chain_pem,
         trust_domain: td.clone(),
         root_id,
         root,

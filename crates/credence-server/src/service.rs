@@ -536,14 +536,14 @@ impl Service {
         let not_before = cred.not_before;
         self.store.record_issued(vec![(cred, rec)]).await?;
         let mut chain_pem = certs_to_pem([der.as_slice()]);
-        chain_pem.push_str(&auth.chain_pem());
+        chain_pem.push_str(auth.chain_pem());
         Ok(X509Svid {
             spiffe_id: spiffe_id.clone(),
             serial,
             not_before,
             not_after,
             chain_pem,
-            bundle_pem: auth.bundle_pem(),
+            bundle_pem: auth.bundle_pem().to_owned(),
             leaf_der: der,
         })
     }

@@ -35,15 +35,18 @@ pub enum BenchCmd {
         /// Length of each stage, e.g. 5s
         #[arg(long, default_value = "5s")]
         duration: String,
-        /// Concurrent requests in flight
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
+        /// Concurrent requests in flight; a comma-separated list runs each
+        #[arg(long, default_value = "64,256", value_delimiter = ',')]
+        concurrency: Vec<usize>,
         /// SQLite durability: normal or full
         #[arg(long, default_value = "normal")]
         durability: String,
         /// Skip the HTTP stage
         #[arg(long)]
         no_http: bool,
+        /// Run only one stage: floor, in-process or http
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -128,14 +131,26 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         concurrency,
         durability,
         no_http,
+        only,
     } = cmd;
+    let want = |stage: &str| only.as_deref().is_none_or(|o| o == stage);
+    if let Some(o) = only.as_deref()
+        && !matches!(o, "floor" | "in-process" | "http")
+    {
+        return Err(err(format!(
+            "--only {o:?}: expected floor, in-process or http"
+        )));
+    }
     let d = humantime::parse_duration(&duration).map_err(err)?;
     let durability = credence_server::config::parse_durability(Some(&durability)).map_err(err)?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    if concurrency.is_empty() || concurrency.iter().any(|c| *c == 0 || *c > 4096) {
+        return Err(err("--concurrency must be 1 to 4096"));
+    }
     println!(
-        "credence bench issue: {cores} cores, {duration} per stage, concurrency {concurrency}, durability {}",
+        "credence bench issue: {cores} cores, {duration} per stage, concurrency {concurrency:?}, durability {}",
         if durability == Durability::Full {
             "full"
         } else {
@@ -143,7 +158,12 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         }
     );
 
-    // 1. raw floor
+    // 1. raw floor (always measured: the other stages are reported as ratios to it)
+    let d_floor = if want("floor") {
+        d
+    } else {
+        Duration::from_millis(500)
+    };
     let key = Arc::new(
         EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).map_err(|_| err("keygen"))?,
     );
@@ -151,7 +171,7 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
     let k = key.clone();
     let sign_rate = tokio::task::spawn_blocking(move || {
         let rng = SystemRandom::new();
-        per_core_rate(d, move || {
+        per_core_rate(d_floor, move || {
             let _ = k.sign(&rng, &msg);
         })
     })
@@ -164,7 +184,7 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         .to_vec();
     let pk = key.public_key().as_ref().to_vec();
     let verify_rate = tokio::task::spawn_blocking(move || {
-        per_core_rate(d, move || {
+        per_core_rate(d_floor, move || {
             let _ =
                 signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &pk).verify(&msg, &sig);
         })
@@ -178,10 +198,118 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
     println!("  verify+sign per CSR (floor)      {floor:>10.0} certs/s");
 
     let td = TrustDomain::new("bench.example").map_err(err)?;
+    let t = Instant::now();
     let (id, csrs) = make_csrs(&td, 256)?;
+    eprintln!(
+        "  (prepared {} CSRs in {:.1}s)",
+        csrs.len(),
+        t.elapsed().as_secs_f64()
+    );
     let csrs = Arc::new(csrs);
 
+    if want("in-process") {
+        components(&td, &id, &csrs)?;
+    }
+
     // 2. in-process
+    if want("in-process") {
+        for &c in &concurrency {
+            in_process(&td, &id, &csrs, durability, c, d, floor).await?;
+        }
+    }
+    if no_http || !want("http") {
+        return Ok(());
+    }
+    for &c in &concurrency {
+        http_stage(&td, &id, &csrs, durability, c, d, floor).await?;
+    }
+    Ok(())
+}
+
+/// Single-thread cost of each step of an issuance, for the breakdown.
+fn components(td: &TrustDomain, id: &SpiffeId, csrs: &[Vec<u8>]) -> Result<(), CliError> {
+    use credence_ca::x509::{X509Issuer, create_intermediate, create_root};
+    use credence_core::Serial;
+    let now = time::OffsetDateTime::now_utc();
+    let rk: Arc<dyn credence_ca::Signer> =
+        Arc::new(credence_ca::SoftwareKey::generate().map_err(err)?);
+    let root = X509Issuer::new(
+        create_root(
+            td,
+            rk.clone(),
+            &Serial::from_random([1; 16]),
+            now,
+            now + time::Duration::days(1),
+        )
+        .map_err(err)?,
+        rk,
+    )
+    .map_err(err)?;
+    let ik: Arc<dyn credence_ca::Signer> =
+        Arc::new(credence_ca::SoftwareKey::generate().map_err(err)?);
+    let int = X509Issuer::new(
+        create_intermediate(
+            td,
+            &root,
+            ik.as_ref(),
+            &Serial::from_random([2; 16]),
+            now,
+            now + time::Duration::days(1),
+        )
+        .map_err(err)?,
+        ik,
+    )
+    .map_err(err)?;
+    let n = 2000;
+    let per = |f: &mut dyn FnMut(usize) -> Result<(), CliError>| -> Result<f64, CliError> {
+        let t0 = Instant::now();
+        for i in 0..n {
+            f(i)?;
+        }
+        Ok(t0.elapsed().as_secs_f64() * 1e6 / n as f64)
+    };
+    let parse = per(&mut |i| {
+        <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&csrs[i % csrs.len()])
+            .map(|_| ())
+            .map_err(|e| err(e.to_string()))
+    })?;
+    let check = per(&mut |i| {
+        credence_ca::check_csr(&csrs[i % csrs.len()])
+            .map(|_| ())
+            .map_err(err)
+    })?;
+    let checked: Vec<_> = csrs
+        .iter()
+        .map(|c| credence_ca::check_csr(c))
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    let sign = per(&mut |i| {
+        int.issue_svid(
+            id,
+            &checked[i % checked.len()].key,
+            &Serial::from_random([3; 16]),
+            now,
+            now + time::Duration::hours(1),
+        )
+        .map(|_| ())
+        .map_err(err)
+    })?;
+    println!("single-thread cost per step:");
+    println!("  parse CSR (DER)                  {parse:>8.1} us");
+    println!("  check CSR (parse + PoP verify)   {check:>8.1} us");
+    println!("  build + sign X509-SVID           {sign:>8.1} us");
+    Ok(())
+}
+
+async fn in_process(
+    td: &TrustDomain,
+    id: &SpiffeId,
+    csrs: &Arc<Vec<Vec<u8>>>,
+    durability: Durability,
+    concurrency: usize,
+    d: Duration,
+    floor: f64,
+) -> Result<(), CliError> {
     let dir = tempfile::tempdir().map_err(err)?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&dir.path().join("bench.db"), durability)
@@ -192,7 +320,7 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         Service::start(
             store.clone(),
             &[7u8; 32],
-            &td,
+            td,
             CaLifetimes::default(),
             IssuancePolicy::default(),
             None,
@@ -202,7 +330,7 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         .await
         .map_err(err)?,
     );
-    register(&svc, &id).await?;
+    register(&svc, id).await?;
     let before = store.audit_count().await.map_err(err)?;
     let stage = drive(concurrency, d, {
         let svc = svc.clone();
@@ -224,7 +352,11 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
     })
     .await?;
     let recorded = store.audit_count().await.map_err(err)? - before;
-    report("in-process issuance from CSR", &stage, floor);
+    report(
+        &format!("in-process issuance from CSR ({concurrency} callers)"),
+        &stage,
+        floor,
+    );
     if recorded < stage.ops {
         return Err(err(format!(
             "only {recorded} of {} issued certificates were recorded",
@@ -232,11 +364,18 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         )));
     }
     store.close().await;
+    Ok(())
+}
 
-    if no_http {
-        return Ok(());
-    }
-
+async fn http_stage(
+    td: &TrustDomain,
+    id: &SpiffeId,
+    csrs: &Arc<Vec<Vec<u8>>>,
+    durability: Durability,
+    concurrency: usize,
+    d: Duration,
+    floor: f64,
+) -> Result<(), CliError> {
     // 3. HTTP
     let dir2 = tempfile::tempdir().map_err(err)?;
     let token = "bench-admin-token-0123456789";
@@ -256,43 +395,58 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
     })
     .await
     .map_err(err)?;
-    register(&running.service, &id).await?;
-    let url = format!("{}/v1/x509/sign", running.base_url);
-    let bodies: Arc<Vec<bytes_body::Body>> = Arc::new(
+    register(&running.service, id).await?;
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
         csrs.iter()
             .map(|der| {
                 let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.clone()));
-                bytes_body::Body(
+                bytes::Bytes::from(
                     serde_json::to_vec(&json!({"spiffe_id": id, "csr": pem})).unwrap_or_default(),
                 )
             })
             .collect(),
     );
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .http1_only()
-        .build()
-        .map_err(err)?;
+    // One keep-alive HTTP/1.1 connection per client, like wrk: a lean load
+    // generator, so the measurement is of the server, not of a client library.
+    let mut senders = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let stream = tokio::net::TcpStream::connect(running.addr)
+            .await
+            .map_err(err)?;
+        stream.set_nodelay(true).map_err(err)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(err)?;
+        tokio::spawn(conn);
+        senders.push(Arc::new(tokio::sync::Mutex::new(sender)));
+    }
+    let senders = Arc::new(senders);
+    let auth = format!("Bearer {token}");
+    let host = running.addr.to_string();
     let before = running.service.store.audit_count().await.map_err(err)?;
     let stage = drive(concurrency, d, {
         let bodies = bodies.clone();
         move |i| {
-            let http = http.clone();
-            let url = url.clone();
-            let body = bodies[i % bodies.len()].0.clone();
+            let body = bodies[i % bodies.len()].clone();
+            let sender = senders[i % concurrency].clone();
+            let auth = auth.clone();
+            let host = host.clone();
             async move {
-                let r = http
-                    .post(&url)
-                    .bearer_auth(token)
+                use http_body_util::BodyExt;
+                let req = hyper::Request::post("/v1/x509/sign")
+                    .header("host", host)
+                    .header("authorization", auth)
                     .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
+                    .body(http_body_util::Full::new(body))
                     .map_err(err)?;
-                if !r.status().is_success() {
-                    return Err(err(format!("HTTP {}", r.status())));
+                let mut s = sender.lock().await;
+                let resp = s.send_request(req).await.map_err(err)?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await.map_err(err)?;
+                if !status.is_success() {
+                    return Err(err(format!("HTTP {status}")));
                 }
-                let _ = r.bytes().await.map_err(err)?;
                 Ok(())
             }
         }
@@ -308,13 +462,10 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         "  every certificate was recorded before its response ({recorded} audit records for {} certificates)",
         stage.ops
     );
+    let t = Instant::now();
     running.shutdown().await.map_err(err)?;
+    eprintln!("  (server shutdown took {:.1}s)", t.elapsed().as_secs_f64());
     Ok(())
-}
-
-mod bytes_body {
-    /// A pre-encoded request body.
-    pub struct Body(pub Vec<u8>);
 }
 
 fn report(name: &str, s: &Stage, floor: f64) {

@@ -53,7 +53,7 @@ pub async fn dev(
     })
     .await
     .map_err(cli_err)?;
-    let bundle = running.service.authority().bundle_pem();
+    let bundle = running.service.authority().bundle_pem().to_owned();
     data.publish(&bundle, &running.base_url).map_err(cli_err)?;
     let abs = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
     let d = abs.display();

@@ -11,6 +11,11 @@ use clap::{Args, Parser, Subcommand};
 
 use client::CliError;
 
+// Issuance allocates many small buffers across threads; mimalloc handles
+// that pattern markedly better than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "credence",
