@@ -248,3 +248,45 @@ fn server_config_errors_are_specific() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/credence.toml"));
 }
+
+#[test]
+fn issued_certificates_survive_kill_9() {
+    let mut dev = Dev::start();
+    dev.ok(&["identity", "create", "--spiffe-id", "spiffe://example.org/durable", "--kind", "service", "--owner", "o"]);
+    let h = dev.http();
+    // concurrent issuance so that requests share group commits
+    let serials: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let h = dev.http();
+                    (0..10)
+                        .map(|_| {
+                            let r = h.post("/v1/x509/mint", &serde_json::json!({"spiffe_id": "spiffe://example.org/durable"}));
+                            assert_eq!(r.status, 200);
+                            r.json()["serial"].as_str().unwrap().to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(serials.len(), 80);
+    let r = h.post("/v1/revocations", &serde_json::json!({"serial": serials[0], "reason": "key_compromise"}));
+    assert_eq!(r.status, 200);
+    // SIGKILL: no shutdown path runs
+    let mut child = dev.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let dir = std::mem::replace(&mut dev.dir, tempfile::tempdir().unwrap());
+    drop(dev);
+    let dev = Dev::start_in(dir);
+    let h = dev.http();
+    for s in &serials {
+        let r = h.get(&format!("/v1/credentials/{s}"));
+        assert_eq!(r.status, 200, "credential {s} lost after kill -9");
+    }
+    let first = h.get(&format!("/v1/credentials/{}", serials[0])).json();
+    assert_eq!(first["revocation"]["reason"], "key_compromise", "revocation survived");
+}
