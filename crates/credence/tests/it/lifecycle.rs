@@ -252,7 +252,16 @@ fn server_config_errors_are_specific() {
 #[test]
 fn issued_certificates_survive_kill_9() {
     let mut dev = Dev::start();
-    dev.ok(&["identity", "create", "--spiffe-id", "spiffe://example.org/durable", "--kind", "service", "--owner", "o"]);
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/durable",
+        "--kind",
+        "service",
+        "--owner",
+        "o",
+    ]);
     let h = dev.http();
     // concurrent issuance so that requests share group commits
     let serials: Vec<String> = std::thread::scope(|s| {
@@ -262,7 +271,10 @@ fn issued_certificates_survive_kill_9() {
                     let h = dev.http();
                     (0..10)
                         .map(|_| {
-                            let r = h.post("/v1/x509/mint", &serde_json::json!({"spiffe_id": "spiffe://example.org/durable"}));
+                            let r = h.post(
+                                "/v1/x509/mint",
+                                &serde_json::json!({"spiffe_id": "spiffe://example.org/durable"}),
+                            );
                             assert_eq!(r.status, 200);
                             r.json()["serial"].as_str().unwrap().to_owned()
                         })
@@ -270,10 +282,16 @@ fn issued_certificates_survive_kill_9() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     assert_eq!(serials.len(), 80);
-    let r = h.post("/v1/revocations", &serde_json::json!({"serial": serials[0], "reason": "key_compromise"}));
+    let r = h.post(
+        "/v1/revocations",
+        &serde_json::json!({"serial": serials[0], "reason": "key_compromise"}),
+    );
     assert_eq!(r.status, 200);
     // SIGKILL: no shutdown path runs
     let mut child = dev.child.take().unwrap();
@@ -288,5 +306,8 @@ fn issued_certificates_survive_kill_9() {
         assert_eq!(r.status, 200, "credential {s} lost after kill -9");
     }
     let first = h.get(&format!("/v1/credentials/{}", serials[0])).json();
-    assert_eq!(first["revocation"]["reason"], "key_compromise", "revocation survived");
+    assert_eq!(
+        first["revocation"]["reason"], "key_compromise",
+        "revocation survived"
+    );
 }
