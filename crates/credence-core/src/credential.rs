@@ -25,6 +25,22 @@ impl Serial {
         Self(bytes.to_vec())
     }
 
+    /// Builds a 16-byte serial from a millisecond timestamp (48 bits) and 80
+    /// bits of CSPRNG output. The randomness is what makes serials
+    /// unpredictable (>= 64 bits, as CA/Browser Forum BR 7.1 asks); the time
+    /// prefix makes storage index inserts append instead of landing on a
+    /// random page, which matters at thousands of issuances per second.
+    pub fn from_time_and_random(unix_ms: u64, random: [u8; 10]) -> Self {
+        let mut b = [0u8; 16];
+        // 47 bits of milliseconds last until the year 6429; the top bit stays
+        // clear so the DER INTEGER is positive, and the first byte is nonzero
+        // for any date after 1970-01-03, so the encoding is exactly 16 bytes.
+        let ms = (unix_ms & 0x7fff_ffff_ffff).max(1 << 40);
+        b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        b[6..].copy_from_slice(&random);
+        Self(b.to_vec())
+    }
+
     /// Parses from the big-endian bytes of a DER INTEGER's content.
     pub fn from_der_bytes(b: &[u8]) -> Result<Self, CoreError> {
         let trimmed: &[u8] = {
@@ -200,6 +216,19 @@ mod tests {
         assert!(Serial::parse_hex("zz").is_err());
         assert!(Serial::parse_hex("").is_err());
         assert!(Serial::parse_hex(&"ab".repeat(21)).is_err());
+    }
+
+    #[test]
+    fn time_prefixed_serials_sort_by_time_and_stay_positive() {
+        let a = Serial::from_time_and_random(1_800_000_000_000, [0xff; 10]);
+        let b = Serial::from_time_and_random(1_800_000_000_001, [0x00; 10]);
+        assert!(a.to_hex() < b.to_hex());
+        assert_eq!(a.as_bytes().len(), 16);
+        assert!(a.as_bytes()[0] != 0 && a.as_bytes()[0] < 0x80);
+        assert_eq!(&a.as_bytes()[6..], &[0xff; 10]);
+        let z = Serial::from_time_and_random(0, [1; 10]);
+        assert_eq!(z.as_bytes().len(), 16);
+        assert!(z.as_bytes()[0] != 0);
     }
 
     #[test]

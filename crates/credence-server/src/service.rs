@@ -437,6 +437,14 @@ impl Service {
 
     // ---- issuance ----
 
+    /// A credential serial (also used as JWT `jti`): time prefix + 80 random bits.
+    fn new_serial(&self, now: OffsetDateTime) -> Serial {
+        let mut r = [0u8; 10];
+        self.rng.fill(&mut r);
+        let ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        Serial::from_time_and_random(ms, r)
+    }
+
     /// The identity must exist and be active.
     async fn issuable(&self, spiffe_id: &SpiffeId) -> Result<Arc<Identity>, ServerError> {
         let identity = self.identity_for(spiffe_id).await?;
@@ -506,7 +514,7 @@ impl Service {
         let now = self.clock.now();
         let not_after = (now + ttl).min(auth.intermediate.not_after);
         let not_before = now - self.policy.backdate;
-        let serial = Serial::from_random(self.rng.bytes16());
+        let serial = self.new_serial(now);
         let der = auth
             .intermediate
             .issue_svid(spiffe_id, key, &serial, not_before, not_after)?;
@@ -592,7 +600,7 @@ impl Service {
         let auth = self.authority();
         let now = self.clock.now();
         let exp = now + ttl;
-        let jti = hex::encode(self.rng.bytes16());
+        let jti = self.new_serial(now).to_hex();
         let token = auth.jwt.sign(&JwtSvidClaims {
             iss: self.issuer_url.as_deref(),
             sub: spiffe_id,

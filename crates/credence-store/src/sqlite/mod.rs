@@ -31,6 +31,10 @@ const WRITE_QUEUE: usize = 4_096;
 /// Read connections (WAL readers never wait for the writer).
 const READ_CONNECTIONS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the background task checkpoints the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL size kept after a checkpoint resets it.
+const WAL_SIZE_LIMIT: &str = "67108864";
 /// Page size bounds of the listings.
 const MAX_PAGE: u32 = 1_000;
 
@@ -63,7 +67,8 @@ impl SqliteStore {
                 Durability::Full => SqliteSynchronous::Full,
             })
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
         let cannot_open = |e: sqlx::Error| {
             StoreError::Backend(format!("cannot open database {}: {e}", path.display()))
         };
@@ -79,7 +84,12 @@ impl SqliteStore {
             read.close().await;
             return Err(e.into());
         }
-        let conn: SqliteConnection = match options.connect().await {
+        // The writer never checkpoints: a checkpoint copies pages into the
+        // database file and syncs it, which would stall every request waiting
+        // on the group commit. A background task checkpoints instead (a
+        // PASSIVE checkpoint runs beside the writer in WAL mode).
+        let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
+        let conn: SqliteConnection = match writer_options.connect().await {
             Ok(c) => c,
             Err(e) => {
                 read.close().await;
@@ -88,6 +98,7 @@ impl SqliteStore {
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(writer::run(conn, rx));
+        tokio::spawn(checkpointer(read.clone()));
         Ok(Self {
             read,
             writer: tx,
@@ -123,6 +134,27 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Checkpoints the WAL periodically until the pool closes.
+async fn checkpointer(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
     }
 }
 

@@ -75,6 +75,13 @@ pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>)
                 // reply senders are dropped)
                 rx.close();
                 while rx.try_recv().is_ok() {}
+                // leave a compact database behind (the WAL folded in)
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&mut conn)
+                    .await
+                {
+                    tracing::warn!(error = %e, "final WAL checkpoint failed");
+                }
                 if let Err(e) = conn.close().await {
                     tracing::warn!(error = %e, "closing the SQLite write connection failed");
                 }
