@@ -394,7 +394,7 @@ struct SignRequest {
 async fn x509_sign(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<SignRequest>,
-) -> Result<Json<Value>, ServerError> {
+) -> Result<Json<crate::service::X509Svid>, ServerError> {
     let ttl = parse_ttl(req.ttl)?;
     let der = csr_bytes(&req.csr)?;
     let checked = credence_ca::check_csr(&der)?;
@@ -402,7 +402,7 @@ async fn x509_sign(
         .svc
         .issue_x509_from_csr(&Actor::admin(), &req.spiffe_id, checked, ttl)
         .await?;
-    Ok(Json(json!(svid)))
+    Ok(Json(svid))
 }
 
 fn csr_bytes(s: &str) -> Result<Vec<u8>, ServerError> {
@@ -459,7 +459,7 @@ struct JwtRequest {
 async fn jwt_mint(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<JwtRequest>,
-) -> Result<Json<Value>, ServerError> {
+) -> Result<Json<crate::service::JwtSvid>, ServerError> {
     let ttl = parse_ttl(req.ttl)?;
     let aud = match req.audience {
         OneOrMany::One(a) => vec![a],
@@ -469,7 +469,7 @@ async fn jwt_mint(
         .svc
         .mint_jwt(&Actor::admin(), &req.spiffe_id, &aud, ttl)
         .await?;
-    Ok(Json(json!(svid)))
+    Ok(Json(svid))
 }
 
 // ---- revocation ----
