@@ -186,7 +186,7 @@ impl Service {
     pub async fn rotate_intermediate(&self, actor: &Actor) -> Result<String, ServerError> {
         let now = self.clock.now();
         let cur = self.authority();
-        let (id, issuer) = authority::new_intermediate(
+        let (id, _) = authority::new_intermediate(
             self.store.as_ref(),
             &self.wrapper,
             &cur.trust_domain,
@@ -219,7 +219,6 @@ impl Service {
             self.rng.as_ref(),
         )
         .await?;
-        let _ = issuer;
         if let Ok(mut a) = self.authority.write() {
             *a = Arc::new(fresh);
         }
