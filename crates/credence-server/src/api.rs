@@ -143,11 +143,49 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
 
 // ---- admin authentication ----
 
+/// The request id: the client's `x-request-id` if it is sane, else a new one.
+fn request_id(req: &Request, svc: &Service) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| hex::encode(&svc.rng.bytes16()[..12]))
+}
+
+fn client_addr(req: &Request) -> Option<String> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+}
+
+/// The authenticated caller of an admin endpoint, set by [`require_admin`].
+pub struct Caller(pub Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ServerError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Actor>()
+            .cloned()
+            .map(Caller)
+            .ok_or(ServerError::Unauthorized)
+    }
+}
+
 async fn require_admin(
     State(st): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ServerError> {
+    let request_id = request_id(&req, &st.svc);
+    let client_addr = client_addr(&req);
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -159,9 +197,34 @@ async fn require_admin(
     let ok =
         presented.is_some_and(|t| bool::from(Service::token_hash(t).ct_eq(&st.admin_token_hash)));
     if !ok {
-        tracing::warn!(path = %req.uri().path(), "admin authentication failed");
+        // nested routers see the path without its /v1 prefix
+        let path = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_owned())
+            .unwrap_or_else(|| req.uri().path().to_owned());
+        tracing::warn!(%path, client = ?client_addr, "admin authentication failed");
+        st.svc
+            .record_auth_failure(
+                req.method().as_str(),
+                &path,
+                if presented.is_some() {
+                    "wrong admin token"
+                } else {
+                    "no bearer token"
+                },
+                Some(request_id),
+                client_addr,
+            )
+            .await;
         return Err(ServerError::Unauthorized);
     }
+    req.extensions_mut().insert(Actor {
+        name: "admin".into(),
+        method: "admin_token",
+        request_id: Some(request_id),
+        client_addr,
+    });
     Ok(next.run(req).await)
 }
 
@@ -244,9 +307,10 @@ fn crl_response(der: Arc<Vec<u8>>) -> Result<Response, ServerError> {
 
 async fn create_identity(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(new): ApiJson<NewIdentity>,
 ) -> Result<(StatusCode, Json<Value>), ServerError> {
-    let id = st.svc.create_identity(&Actor::admin(), new).await?;
+    let id = st.svc.create_identity(&caller, new).await?;
     Ok((StatusCode::CREATED, Json(json!(id))))
 }
 
@@ -303,19 +367,19 @@ async fn show_identity(
 
 async fn update_identity(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath,
     ApiJson(change): ApiJson<IdentityUpdate>,
 ) -> Result<Json<Value>, ServerError> {
     let key = IdentityKey::parse(&id)?;
     Ok(Json(json!(
-        st.svc
-            .update_identity(&Actor::admin(), &key, change)
-            .await?
+        st.svc.update_identity(&caller, &key, change).await?
     )))
 }
 
 async fn set_status(
     st: &AppState,
+    caller: &Actor,
     id: &str,
     status: IdentityStatus,
 ) -> Result<Json<Value>, ServerError> {
@@ -325,32 +389,33 @@ async fn set_status(
         ..Default::default()
     };
     Ok(Json(json!(
-        st.svc
-            .update_identity(&Actor::admin(), &key, change)
-            .await?
+        st.svc.update_identity(caller, &key, change).await?
     )))
 }
 
 async fn disable_identity(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath,
 ) -> Result<Json<Value>, ServerError> {
-    set_status(&st, &id, IdentityStatus::Disabled).await
+    set_status(&st, &caller, &id, IdentityStatus::Disabled).await
 }
 
 async fn enable_identity(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath,
 ) -> Result<Json<Value>, ServerError> {
-    set_status(&st, &id, IdentityStatus::Active).await
+    set_status(&st, &caller, &id, IdentityStatus::Active).await
 }
 
 async fn delete_identity(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath,
 ) -> Result<StatusCode, ServerError> {
     let key = IdentityKey::parse(&id)?;
-    st.svc.delete_identity(&Actor::admin(), &key).await?;
+    st.svc.delete_identity(&caller, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -393,6 +458,7 @@ struct SignRequest {
 
 async fn x509_sign(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(req): ApiJson<SignRequest>,
 ) -> Result<Json<crate::service::X509Svid>, ServerError> {
     let ttl = parse_ttl(req.ttl)?;
@@ -400,7 +466,7 @@ async fn x509_sign(
     let checked = credence_ca::check_csr(&der)?;
     let svid = st
         .svc
-        .issue_x509_from_csr(&Actor::admin(), &req.spiffe_id, checked, ttl)
+        .issue_x509_from_csr(&caller, &req.spiffe_id, checked, ttl)
         .await?;
     Ok(Json(svid))
 }
@@ -429,13 +495,11 @@ struct MintRequest {
 
 async fn x509_mint(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(req): ApiJson<MintRequest>,
 ) -> Result<Json<Value>, ServerError> {
     let ttl = parse_ttl(req.ttl)?;
-    let (svid, key) = st
-        .svc
-        .mint_x509(&Actor::admin(), &req.spiffe_id, ttl)
-        .await?;
+    let (svid, key) = st.svc.mint_x509(&caller, &req.spiffe_id, ttl).await?;
     let mut v = json!(svid);
     v["key_pem"] = json!(key.as_str());
     Ok(Json(v))
@@ -458,6 +522,7 @@ struct JwtRequest {
 
 async fn jwt_mint(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(req): ApiJson<JwtRequest>,
 ) -> Result<Json<crate::service::JwtSvid>, ServerError> {
     let ttl = parse_ttl(req.ttl)?;
@@ -465,10 +530,7 @@ async fn jwt_mint(
         OneOrMany::One(a) => vec![a],
         OneOrMany::Many(v) => v,
     };
-    let svid = st
-        .svc
-        .mint_jwt(&Actor::admin(), &req.spiffe_id, &aud, ttl)
-        .await?;
+    let svid = st.svc.mint_jwt(&caller, &req.spiffe_id, &aud, ttl).await?;
     Ok(Json(svid))
 }
 
@@ -485,6 +547,7 @@ struct RevokeRequest {
 
 async fn revoke(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<Json<Value>, ServerError> {
     let reason = match &req.reason {
@@ -510,7 +573,7 @@ async fn revoke(
             ));
         }
     };
-    let revoked = st.svc.revoke(&Actor::admin(), target, reason).await?;
+    let revoked = st.svc.revoke(&caller, target, reason).await?;
     Ok(Json(
         json!({"revoked": revoked.iter().map(revoked_json).collect::<Vec<_>>()}),
     ))
@@ -593,7 +656,10 @@ async fn show_ca(State(st): State<AppState>) -> Json<Value> {
     }))
 }
 
-async fn rotate_ca(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
-    let id = st.svc.rotate_intermediate(&Actor::admin()).await?;
+async fn rotate_ca(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Value>, ServerError> {
+    let id = st.svc.rotate_intermediate(&caller).await?;
     Ok(Json(json!({"intermediate": id})))
 }

@@ -171,12 +171,15 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
             let listener = tokio::net::TcpListener::from_std(std_listener)
                 .map_err(|e| ServerError::Internal(e.to_string()))?;
             tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .map_err(|e| ServerError::Internal(format!("HTTP server: {e}")))
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .map_err(|e| ServerError::Internal(format!("HTTP server: {e}")))
             })
         }
         Some(cfg) => {
@@ -192,7 +195,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
                 .handle(handle);
             tokio::spawn(async move {
                 server
-                    .serve(app.into_make_service())
+                    .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                     .await
                     .map_err(|e| ServerError::Internal(format!("HTTPS server: {e}")))
             })

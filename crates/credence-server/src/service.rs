@@ -50,8 +50,14 @@ impl Default for IssuancePolicy {
 /// Who is asking: recorded in every audit record.
 #[derive(Clone, Debug)]
 pub struct Actor {
+    /// The authenticated principal (`admin`, a SPIFFE ID, `system`).
     pub name: String,
+    /// How it authenticated (`admin_token`, `x509_svid`, `internal`).
     pub method: &'static str,
+    /// The request's id (`x-request-id`, or generated).
+    pub request_id: Option<String>,
+    /// The peer address of the connection.
+    pub client_addr: Option<String>,
 }
 
 impl Actor {
@@ -59,6 +65,8 @@ impl Actor {
         Self {
             name: "admin".into(),
             method: "admin_token",
+            request_id: None,
+            client_addr: None,
         }
     }
 }
@@ -128,6 +136,12 @@ fn audit(
             let mut d = detail;
             if let Some(m) = d.as_object_mut() {
                 m.insert("auth_method".into(), json!(actor.method));
+                if let Some(r) = &actor.request_id {
+                    m.insert("request_id".into(), json!(r));
+                }
+                if let Some(a) = &actor.client_addr {
+                    m.insert("client_addr".into(), json!(a));
+                }
             }
             d
         },
@@ -735,6 +749,35 @@ impl Service {
             });
         }
         Ok(der)
+    }
+
+    /// Records a failed admin authentication. Failures to record are logged,
+    /// not returned: the caller is refused either way.
+    pub async fn record_auth_failure(
+        &self,
+        method: &str,
+        path: &str,
+        why: &str,
+        request_id: Option<String>,
+        client_addr: Option<String>,
+    ) {
+        let actor = Actor {
+            name: "anonymous".into(),
+            method: "none",
+            request_id,
+            client_addr,
+        };
+        let mut rec = audit(
+            &actor,
+            self.clock.now(),
+            "admin.authenticate",
+            path,
+            json!({"method": method, "reason": why}),
+        );
+        rec.outcome = "failure".into();
+        if let Err(e) = self.store.append_audit(rec).await {
+            tracing::error!(error = %e, "cannot record failed authentication");
+        }
     }
 
     /// Hash used to compare admin tokens in constant time.

@@ -15,6 +15,27 @@ fn csr(uri: Option<&str>, is_ca: bool) -> String {
     p.serialize_request(&kp).unwrap().pem().unwrap()
 }
 
+fn audit_tail(dev: &Dev, n: usize) -> Vec<credence_store::AuditRecord> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use credence_store::Store;
+        let s =
+            credence_store::SqliteStore::open(&dev.path().join("credence.db"), Default::default())
+                .await
+                .unwrap();
+        let total = s.audit_count().await.unwrap();
+        let recs = s
+            .list_audit(total.saturating_sub(n as u64), 1000)
+            .await
+            .unwrap();
+        s.close().await;
+        recs.into_iter().map(|(_, r)| r).collect()
+    })
+}
+
 fn audit_count(dev: &Dev) -> u64 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -76,6 +97,34 @@ fn public_endpoints_need_no_token_and_admin_needs_one() {
         assert_eq!(r.error_code(), "unauthorized");
     }
     assert_eq!(h.get("/v1/identities").status, 200);
+    // every refused authentication is an audit record with the peer address
+    let recs = audit_tail(&dev, 4);
+    assert_eq!(recs.len(), 4);
+    for r in &recs {
+        assert_eq!(r.action, "admin.authenticate");
+        assert_eq!(r.outcome, "failure");
+        assert_eq!(r.target, "/v1/identities");
+        assert!(
+            r.detail["client_addr"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{:?}",
+            r.detail
+        );
+    }
+    // admin actions carry the caller's request id
+    let r = h.req(
+        "POST",
+        "/v1/identities",
+        Some(&format!("Bearer {}", dev.token)),
+        Some("application/json"),
+        br#"{"spiffe_id":"spiffe://example.org/rid","kind":"bot","owner":"o"}"#.to_vec(),
+    );
+    assert_eq!(r.status, 201);
+    let last = audit_tail(&dev, 1).pop().unwrap();
+    assert_eq!(last.action, "identity.create");
+    assert!(last.detail["request_id"].is_string());
     // unknown endpoint and wrong method are JSON errors too
     let r = h.get_public("/nope");
     assert_eq!(r.status, 404);
