@@ -91,14 +91,20 @@ impl Authority {
 }
 
 fn system_audit(now: OffsetDateTime, action: &str, target: &str, detail: Value) -> AuditRecord {
-    AuditRecord {
-        at: now,
-        actor: "system".into(),
-        action: action.into(),
-        target: target.into(),
-        outcome: "success".into(),
-        detail,
+    let mut ev = AuditRecord::new(
+        now,
+        credence_store::AuditActor {
+            id: "system".into(),
+            auth: "internal".into(),
+        },
+        action,
+        target,
+        credence_store::Outcome::Success,
+    );
+    if let Value::Object(m) = detail {
+        ev.details = m;
     }
+    ev
 }
 
 /// Loads the CA material, creating or rotating what is missing or due.

@@ -126,26 +126,22 @@ fn audit(
     target: &str,
     detail: serde_json::Value,
 ) -> AuditRecord {
-    AuditRecord {
-        at: now,
-        actor: actor.name.clone(),
-        action: action.to_owned(),
-        target: target.to_owned(),
-        outcome: "success".into(),
-        detail: {
-            let mut d = detail;
-            if let Some(m) = d.as_object_mut() {
-                m.insert("auth_method".into(), json!(actor.method));
-                if let Some(r) = &actor.request_id {
-                    m.insert("request_id".into(), json!(r));
-                }
-                if let Some(a) = &actor.client_addr {
-                    m.insert("client_addr".into(), json!(a));
-                }
-            }
-            d
+    let mut ev = AuditRecord::new(
+        now,
+        credence_store::AuditActor {
+            id: actor.name.clone(),
+            auth: actor.method.to_owned(),
         },
+        action,
+        target,
+        credence_store::Outcome::Success,
+    );
+    ev.request_id = actor.request_id.clone();
+    ev.client_addr = actor.client_addr.clone();
+    if let serde_json::Value::Object(m) = detail {
+        ev.details = m;
     }
+    ev
 }
 
 impl Service {
@@ -542,18 +538,19 @@ impl Service {
             not_after,
             key_fingerprint: Some(fingerprint.clone()),
         };
-        let rec = audit(
+        let mut rec = audit(
             actor,
             now,
             "x509.issue",
             spiffe_id.as_str(),
-            json!({
-                "serial": cred.serial,
-                "ttl_seconds": (not_after - now).whole_seconds(),
-                "key_sha256": fingerprint,
-                "issuer": auth.intermediate_id,
-            }),
+            json!({"issuer": auth.intermediate_id}),
         );
+        rec.issuance = Some(credence_store::AuditIssuance {
+            serial: cred.serial.clone(),
+            spiffe_id: spiffe_id.to_string(),
+            ttl_seconds: u64::try_from((not_after - now).whole_seconds()).unwrap_or(0),
+            key_sha256: fingerprint,
+        });
         let not_before = cred.not_before;
         self.store.record_issued(vec![(cred, rec)]).await?;
         let mut chain_pem = certs_to_pem([der.as_slice()]);
@@ -666,12 +663,9 @@ impl Service {
                             &key,
                             reason,
                             now,
-                            audit(
-                                actor,
-                                now,
-                                "revoke.credential",
-                                &key,
-                                json!({"reason": reason}),
+                            with_reason(
+                                audit(actor, now, "revoke.credential", &key, json!({})),
+                                reason,
                             ),
                         )
                         .await?,
@@ -683,12 +677,9 @@ impl Service {
                         id,
                         reason,
                         now,
-                        audit(
-                            actor,
-                            now,
-                            "revoke.identity",
-                            id.as_str(),
-                            json!({"reason": reason}),
+                        with_reason(
+                            audit(actor, now, "revoke.identity", id.as_str(), json!({})),
+                            reason,
                         ),
                     )
                     .await?
@@ -772,9 +763,10 @@ impl Service {
             self.clock.now(),
             "admin.authenticate",
             path,
-            json!({"method": method, "reason": why}),
+            json!({"method": method}),
         );
-        rec.outcome = "failure".into();
+        rec.outcome = credence_store::Outcome::Failure;
+        rec.reason = Some(why.to_owned());
         if let Err(e) = self.store.append_audit(rec).await {
             tracing::error!(error = %e, "cannot record failed authentication");
         }
@@ -784,6 +776,11 @@ impl Service {
     pub fn token_hash(token: &str) -> [u8; 32] {
         sha256(token.as_bytes())
     }
+}
+
+fn with_reason(mut ev: AuditRecord, reason: RevocationReason) -> AuditRecord {
+    ev.reason = Some(reason.as_str().to_owned());
+    ev
 }
 
 /// How an identity is named in a request.

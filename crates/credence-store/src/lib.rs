@@ -61,22 +61,25 @@ pub enum Durability {
     Full,
 }
 
-/// One audit record, written in the SAME transaction as the change it
-/// describes.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct AuditRecord {
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    /// e.g. `admin-token`, `spiffe://td/x`
-    pub actor: String,
-    /// e.g. `identity.create`, `x509.issue`, `revoke.serial`, `ca.create`
-    pub action: String,
-    /// e.g. a SPIFFE ID or serial
-    pub target: String,
-    /// `success` or `failure`
-    pub outcome: String,
-    pub detail: serde_json::Value,
+/// One audit event, written in the SAME transaction as the change it
+/// describes, as a leaf of the Merkle log (see `credence-audit`).
+pub type AuditRecord = credence_audit::AuditEvent;
+pub use credence_audit::NodeId;
+
+/// Filters of an audit investigation; all given fields must match.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub outcome: Option<credence_audit::Outcome>,
+    /// The identity concerned: events whose target or issuance is this SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
 }
+
+pub mod proofs;
+pub use credence_audit::{Actor as AuditActor, Hash, Issuance as AuditIssuance, Outcome};
 
 /// What kind of credential a serial names. Stored as `x509` / `jwt`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -279,13 +282,40 @@ pub trait Store: Send + Sync + 'static {
     // audit
 
     /// Appends an audit record that goes with no state change (for example a
-    /// refused request, `outcome: "failure"`); returns its sequence number.
+    /// refused request, `outcome: "failure"`); returns its index in the log.
     async fn append_audit(&self, audit: AuditRecord) -> Result<u64, StoreError>;
+
+    /// The log's current size and root, as the writer sees them (committed).
+    async fn audit_head(&self) -> Result<(u64, Hash), StoreError>;
+    /// The exact leaf bytes of entries `start..end` (at most 10,000), ascending.
+    async fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Stored hashes of complete subtree nodes `(level, index)`; `None` for
+    /// nodes not stored.
+    async fn audit_nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, StoreError>;
+    /// Stores a signed checkpoint for tree size `size` (idempotent per size).
+    async fn save_checkpoint(
+        &self,
+        size: u64,
+        note: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// The checkpoint of the largest size, if any.
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// All stored checkpoints with size in `from..=to`, ascending (at most 1,000).
+    async fn checkpoints(&self, from: u64, to: u64) -> Result<Vec<(u64, String)>, StoreError>;
+    /// Entries matching `filter` with index > `after` (or from the start),
+    /// ascending; `limit` clamped to 1..=1000.
+    async fn search_audit(
+        &self,
+        filter: &AuditFilter,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
     async fn audit_count(&self) -> Result<u64, StoreError>;
-    /// Records with `seq > after_seq`, ascending; `limit` clamped to 1..=1000.
+    /// Decoded events with index >= `start`, ascending; `limit` clamped to 1..=1000.
     async fn list_audit(
         &self,
-        after_seq: u64,
+        start: u64,
         limit: u32,
     ) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
 

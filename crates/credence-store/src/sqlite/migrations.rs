@@ -12,11 +12,18 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// `(version, description, sql)`, in version order.
-pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "audit log",
+        include_str!("../../migrations/sqlite/0002_audit_log.sql"),
+    ),
+];
 
 pub(crate) fn migrator() -> Migrator {
     Migrator::with_migrations(

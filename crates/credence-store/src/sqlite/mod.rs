@@ -1,5 +1,6 @@
 //! The SQLite backend. See the crate docs for the design.
 
+mod log;
 mod migrations;
 mod ops;
 mod rows;
@@ -22,8 +23,8 @@ use self::rows::{AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, ts};
 pub use self::writer::GROUP_COMMIT_MAX;
 use self::writer::{BoxFuture, IssueRequest, Msg, WriteOp};
 use crate::{
-    AuditRecord, CaRecord, CredentialKind, Durability, IdentityFilter, IssuedCredential, Page,
-    RevokedEntry, Store, StoreError,
+    AuditFilter, AuditRecord, CaRecord, CredentialKind, Durability, Hash, IdentityFilter,
+    IssuedCredential, NodeId, Page, RevokedEntry, Store, StoreError,
 };
 
 /// Requests that may wait for the writer before senders are slowed down.
@@ -37,6 +38,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const WAL_SIZE_LIMIT: &str = "67108864";
 /// Page size bounds of the listings.
 const MAX_PAGE: u32 = 1_000;
+/// Most leaves one `audit_leaves` call returns.
+const MAX_LEAVES: u64 = 10_000;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -89,15 +92,22 @@ impl SqliteStore {
         // on the group commit. A background task checkpoints instead (a
         // PASSIVE checkpoint runs beside the writer in WAL mode).
         let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
-        let conn: SqliteConnection = match writer_options.connect().await {
+        let mut conn: SqliteConnection = match writer_options.connect().await {
             Ok(c) => c,
             Err(e) => {
                 read.close().await;
                 return Err(cannot_open(e));
             }
         };
+        let log = match log::load_frontier(&mut conn).await {
+            Ok(l) => l,
+            Err(e) => {
+                read.close().await;
+                return Err(e);
+            }
+        };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer::run(conn, rx));
+        tokio::spawn(writer::run(log::Ctx { conn, log }, rx));
         tokio::spawn(checkpointer(read.clone()));
         Ok(Self {
             read,
@@ -118,7 +128,7 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+        F: for<'c> FnOnce(&'c mut log::Ctx) -> BoxFuture<'c, Result<T, StoreError>>
             + Send
             + 'static,
     {
@@ -427,7 +437,7 @@ impl Store for SqliteStore {
 
     async fn audit_count(&self) -> Result<u64, StoreError> {
         self.check_open()?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+        let n: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log")
             .fetch_one(&self.read)
             .await?;
         u64::try_from(n).map_err(|e| StoreError::Invalid(format!("audit count {n}: {e}")))
@@ -435,18 +445,182 @@ impl Store for SqliteStore {
 
     async fn list_audit(
         &self,
-        after_seq: u64,
+        start: u64,
         limit: u32,
     ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
         self.check_open()?;
-        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let start = i64::try_from(start).unwrap_or(i64::MAX);
         let found = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {AUDIT_COLS} FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?"
+            "SELECT {AUDIT_COLS} FROM audit_log WHERE idx >= ? ORDER BY idx LIMIT ?"
         )))
-        .bind(after)
+        .bind(start)
         .bind(i64::from(clamp_limit(limit)))
         .fetch_all(&self.read)
         .await?;
+        found.iter().map(rows::audit).collect()
+    }
+
+    async fn audit_head(&self) -> Result<(u64, Hash), StoreError> {
+        self.write(|ctx| Box::pin(async move { Ok((ctx.log.size(), ctx.log.root())) }))
+            .await
+    }
+
+    async fn audit_leaves(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.check_open()?;
+        let end = end.min(start.saturating_add(MAX_LEAVES));
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT idx, leaf FROM audit_log WHERE idx >= ? AND idx < ? ORDER BY idx",
+        )
+        .bind(i64::try_from(start).unwrap_or(i64::MAX))
+        .bind(i64::try_from(end).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(i, leaf)| {
+                u64::try_from(i)
+                    .map(|i| (i, leaf))
+                    .map_err(|e| rows::corrupt("audit_log", "idx", e))
+            })
+            .collect()
+    }
+
+    async fn audit_nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, StoreError> {
+        self.check_open()?;
+        let mut out = Vec::with_capacity(ids.len());
+        // a proof needs O(log n) nodes; one statement per 400 keeps the
+        // parameter count small
+        for chunk in ids.chunks(400) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT level, idx, hash FROM audit_nodes WHERE (level, idx) IN (",
+            );
+            let mut sep = qb.separated(", ");
+            for (level, idx) in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(i64::from(*level))
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(i64::try_from(*idx).unwrap_or(i64::MAX))
+                    .push_unseparated(")");
+            }
+            qb.push(")");
+            let rows: Vec<(i64, i64, Vec<u8>)> = qb.build_query_as().fetch_all(&self.read).await?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for (level, idx, hash) in rows {
+                let h: Hash = hash.as_slice().try_into().map_err(|_| {
+                    StoreError::Invalid(format!("audit node ({level}, {idx}) is not 32 bytes"))
+                })?;
+                found.insert((level, idx), h);
+            }
+            for (level, idx) in chunk {
+                let key = (i64::from(*level), i64::try_from(*idx).unwrap_or(i64::MAX));
+                out.push(found.get(&key).copied());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save_checkpoint(
+        &self,
+        size: u64,
+        note: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let note = note.to_owned();
+        let size = i64::try_from(size)
+            .map_err(|_| StoreError::BadArgument(format!("checkpoint size {size}")))?;
+        self.write(move |ctx| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (size, note, created_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (size) DO NOTHING",
+                )
+                .bind(size)
+                .bind(note)
+                .bind(ts(at))
+                .execute(&mut ctx.conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.check_open()?;
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|(n, note)| {
+            u64::try_from(n)
+                .map(|n| (n, note))
+                .map_err(|e| rows::corrupt("audit_checkpoints", "size", e))
+        })
+        .transpose()
+    }
+
+    async fn checkpoints(&self, from: u64, to: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        self.check_open()?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT size, note FROM audit_checkpoints WHERE size >= ? AND size <= ? \
+             ORDER BY size LIMIT 1000",
+        )
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(to).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await?;
+        rows.into_iter()
+            .map(|(n, note)| {
+                u64::try_from(n)
+                    .map(|n| (n, note))
+                    .map_err(|e| rows::corrupt("audit_checkpoints", "size", e))
+            })
+            .collect()
+    }
+
+    async fn search_audit(
+        &self,
+        filter: &AuditFilter,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<(u64, AuditRecord)>, StoreError> {
+        self.check_open()?;
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {AUDIT_COLS} FROM audit_log WHERE 1 = 1"));
+        if let Some(a) = after {
+            qb.push(" AND idx > ")
+                .push_bind(i64::try_from(a).unwrap_or(i64::MAX));
+        }
+        if let Some(a) = &filter.action {
+            qb.push(" AND action = ").push_bind(a.clone());
+        }
+        if let Some(o) = filter.outcome {
+            qb.push(" AND outcome = ").push_bind(match o {
+                crate::Outcome::Success => "success",
+                crate::Outcome::Failure => "failure",
+            });
+        }
+        if let Some(s) = &filter.spiffe_id {
+            qb.push(" AND (spiffe_id = ")
+                .push_bind(s.clone())
+                .push(" OR target = ")
+                .push_bind(s.clone())
+                .push(")");
+        }
+        if let Some(t) = &filter.target {
+            qb.push(" AND target = ").push_bind(t.clone());
+        }
+        if let Some(t) = filter.since {
+            qb.push(" AND at >= ").push_bind(ts(t));
+        }
+        if let Some(t) = filter.until {
+            qb.push(" AND at < ").push_bind(ts(t));
+        }
+        qb.push(" ORDER BY idx LIMIT ")
+            .push_bind(i64::from(clamp_limit(limit)));
+        let found = qb.build().fetch_all(&self.read).await?;
         found.iter().map(rows::audit).collect()
     }
 

@@ -6,35 +6,14 @@ use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{Connection, QueryBuilder, Transaction};
 use time::OffsetDateTime;
 
-use super::rows::{
-    self, CREDENTIAL_COLS, detail_json, labels_json, selectors_json, truncate_ts, ts,
-};
+use super::log::{Ctx, Staged};
+use super::rows::{self, CREDENTIAL_COLS, labels_json, selectors_json, truncate_ts, ts};
 use crate::{AuditRecord, CaRecord, RevokedEntry, StoreError};
 
 async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
     // IMMEDIATE: take the write lock up front, so a read-then-write
     // transaction cannot fail half way on a busy snapshot
     Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
-}
-
-pub(crate) async fn insert_audit(
-    conn: &mut SqliteConnection,
-    audit: &AuditRecord,
-) -> Result<u64, StoreError> {
-    let detail = detail_json(&audit.detail)?;
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO audit_events (at, actor, action, target, outcome, detail_json) \
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-    )
-    .bind(ts(audit.at))
-    .bind(audit.actor.as_str())
-    .bind(audit.action.as_str())
-    .bind(audit.target.as_str())
-    .bind(audit.outcome.as_str())
-    .bind(detail)
-    .fetch_one(&mut *conn)
-    .await?;
-    u64::try_from(seq).map_err(|e| rows::corrupt("audit_events", "seq", e))
 }
 
 async fn exists(
@@ -70,13 +49,13 @@ fn spiffe_conflict(spiffe_id: &SpiffeId) -> StoreError {
 }
 
 pub(crate) async fn create_identity(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     identity: Identity,
     audit: AuditRecord,
 ) -> Result<(), StoreError> {
     let labels = labels_json(&identity.labels)?;
     let selectors = selectors_json(&identity.selectors)?;
-    let mut tx = begin(conn).await?;
+    let mut tx = begin(&mut ctx.conn).await?;
     if exists(
         &mut tx,
         "SELECT 1 FROM identities WHERE id = ?",
@@ -118,19 +97,22 @@ pub(crate) async fn create_identity(
     .execute(&mut *tx)
     .await?;
     insert_labels(&mut tx, &identity).await?;
-    insert_audit(&mut tx, &audit).await?;
+    let mut staged = Staged::new(&ctx.log);
+    staged.push(&audit)?;
+    staged.write(&mut tx).await?;
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(())
 }
 
 pub(crate) async fn update_identity(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     identity: Identity,
     audit: AuditRecord,
 ) -> Result<(), StoreError> {
     let labels = labels_json(&identity.labels)?;
     let selectors = selectors_json(&identity.selectors)?;
-    let mut tx = begin(conn).await?;
+    let mut tx = begin(&mut ctx.conn).await?;
     let holder: Option<String> =
         sqlx::query_scalar("SELECT id FROM identities WHERE spiffe_id = ?")
             .bind(identity.spiffe_id.as_str())
@@ -164,8 +146,11 @@ pub(crate) async fn update_identity(
         .execute(&mut *tx)
         .await?;
     insert_labels(&mut tx, &identity).await?;
-    insert_audit(&mut tx, &audit).await?;
+    let mut staged = Staged::new(&ctx.log);
+    staged.push(&audit)?;
+    staged.write(&mut tx).await?;
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(())
 }
 
@@ -174,11 +159,11 @@ fn identity_not_found(id: &IdentityId) -> StoreError {
 }
 
 pub(crate) async fn delete_identity(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     id: IdentityId,
     audit: AuditRecord,
 ) -> Result<(), StoreError> {
-    let mut tx = begin(conn).await?;
+    let mut tx = begin(&mut ctx.conn).await?;
     sqlx::query("DELETE FROM identity_labels WHERE identity_id = ?")
         .bind(id.as_str())
         .execute(&mut *tx)
@@ -190,19 +175,22 @@ pub(crate) async fn delete_identity(
     if done.rows_affected() == 0 {
         return Err(identity_not_found(&id));
     }
-    insert_audit(&mut tx, &audit).await?;
+    let mut staged = Staged::new(&ctx.log);
+    staged.push(&audit)?;
+    staged.write(&mut tx).await?;
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(())
 }
 
 pub(crate) async fn revoke_serial(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     serial: String,
     reason: RevocationReason,
     at: OffsetDateTime,
     audit: AuditRecord,
 ) -> Result<RevokedEntry, StoreError> {
-    let mut tx = begin(conn).await?;
+    let mut tx = begin(&mut ctx.conn).await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {CREDENTIAL_COLS} FROM credentials WHERE serial = ?"
     )))
@@ -230,19 +218,22 @@ pub(crate) async fn revoke_serial(
     .bind(serial.as_str())
     .execute(&mut *tx)
     .await?;
-    insert_audit(&mut tx, &audit).await?;
+    let mut staged = Staged::new(&ctx.log);
+    staged.push(&audit)?;
+    staged.write(&mut tx).await?;
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(rows::revoked_entry(&cred, at, reason))
 }
 
 pub(crate) async fn revoke_identity_credentials(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     spiffe_id: SpiffeId,
     reason: RevocationReason,
     at: OffsetDateTime,
     audit: AuditRecord,
 ) -> Result<Vec<RevokedEntry>, StoreError> {
-    let mut tx = begin(conn).await?;
+    let mut tx = begin(&mut ctx.conn).await?;
     let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE credentials SET revoked_at = ?, revocation_reason = ? \
          WHERE spiffe_id = ? AND revoked_at IS NULL AND not_after > ? \
@@ -268,28 +259,31 @@ pub(crate) async fn revoke_identity_credentials(
         }
     }
     entries.sort_by(|a, b| a.serial.cmp(&b.serial));
-    insert_audit(&mut tx, &audit).await?;
+    let mut staged = Staged::new(&ctx.log);
+    staged.push(&audit)?;
+    staged.write(&mut tx).await?;
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(entries)
 }
 
 pub(crate) async fn prune_expired(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     before: OffsetDateTime,
 ) -> Result<u64, StoreError> {
     let done = sqlx::query("DELETE FROM credentials WHERE not_after < ?")
         .bind(ts(before))
-        .execute(&mut *conn)
+        .execute(&mut ctx.conn)
         .await?;
     Ok(done.rows_affected())
 }
 
 pub(crate) async fn save_ca(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     ca: CaRecord,
     audit: AuditRecord,
 ) -> Result<(), StoreError> {
-    let mut tx = begin(conn).await?;
+    let mut tx = begin(&mut ctx.conn).await?;
     if exists(&mut tx, "SELECT 1 FROM cas WHERE id = ?", &ca.id).await? {
         return Err(StoreError::Conflict(format!(
             "CA with id {} already exists",
@@ -311,18 +305,21 @@ pub(crate) async fn save_ca(
     .bind(ts(ca.created_at))
     .execute(&mut *tx)
     .await?;
-    insert_audit(&mut tx, &audit).await?;
+    let mut staged = Staged::new(&ctx.log);
+    staged.push(&audit)?;
+    staged.write(&mut tx).await?;
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(())
 }
 
 pub(crate) async fn set_ca_active(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     id: String,
     active: bool,
     audit: AuditRecord,
 ) -> Result<(), StoreError> {
-    let mut tx = begin(conn).await?;
+    let mut tx = begin(&mut ctx.conn).await?;
     let done = sqlx::query("UPDATE cas SET active = ? WHERE id = ?")
         .bind(i64::from(active))
         .bind(id.as_str())
@@ -331,29 +328,32 @@ pub(crate) async fn set_ca_active(
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("CA {id} not found")));
     }
-    insert_audit(&mut tx, &audit).await?;
+    let mut staged = Staged::new(&ctx.log);
+    staged.push(&audit)?;
+    staged.write(&mut tx).await?;
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(())
 }
 
-pub(crate) async fn next_crl_number(
-    conn: &mut SqliteConnection,
-    issuer: String,
-) -> Result<u64, StoreError> {
+pub(crate) async fn next_crl_number(ctx: &mut Ctx, issuer: String) -> Result<u64, StoreError> {
     let n: i64 = sqlx::query_scalar(
         "INSERT INTO crl_numbers (issuer, last) VALUES (?, 1) \
          ON CONFLICT (issuer) DO UPDATE SET last = crl_numbers.last + 1 \
          RETURNING last",
     )
     .bind(issuer.as_str())
-    .fetch_one(&mut *conn)
+    .fetch_one(&mut ctx.conn)
     .await?;
     u64::try_from(n).map_err(|e| rows::corrupt("crl_numbers", "last", e))
 }
 
-pub(crate) async fn append_audit(
-    conn: &mut SqliteConnection,
-    audit: AuditRecord,
-) -> Result<u64, StoreError> {
-    insert_audit(conn, &audit).await
+pub(crate) async fn append_audit(ctx: &mut Ctx, audit: AuditRecord) -> Result<u64, StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    let mut staged = Staged::new(&ctx.log);
+    let idx = staged.push(&audit)?;
+    staged.write(&mut tx).await?;
+    tx.commit().await?;
+    ctx.log = staged.log;
+    Ok(idx)
 }

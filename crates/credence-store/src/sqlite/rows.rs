@@ -23,7 +23,7 @@ pub(crate) const CREDENTIAL_COLS: &str = "serial, kind, identity_id, spiffe_id, 
 pub(crate) const CA_COLS: &str =
     "id, role, cert_der, public_key_der, wrapped_key, not_before, not_after, active, created_at";
 
-pub(crate) const AUDIT_COLS: &str = "seq, at, actor, action, target, outcome, detail_json";
+pub(crate) const AUDIT_COLS: &str = "idx, leaf";
 
 /// Unix seconds of a timestamp (sub-second precision is dropped).
 pub(crate) fn ts(t: OffsetDateTime) -> i64 {
@@ -86,11 +86,6 @@ pub(crate) fn selectors_json(selectors: &[Selector]) -> Result<String, StoreErro
     let v: Vec<&str> = selectors.iter().map(Selector::as_str).collect();
     serde_json::to_string(&v)
         .map_err(|e| StoreError::Invalid(format!("cannot encode selectors: {e}")))
-}
-
-pub(crate) fn detail_json(detail: &serde_json::Value) -> Result<String, StoreError> {
-    serde_json::to_string(detail)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode audit detail: {e}")))
 }
 
 pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
@@ -199,20 +194,10 @@ pub(crate) fn ca(row: &SqliteRow) -> Result<CaRecord, StoreError> {
 }
 
 pub(crate) fn audit(row: &SqliteRow) -> Result<(u64, AuditRecord), StoreError> {
-    const T: &str = "audit_events";
-    let seq: i64 = get(row, T, "seq")?;
-    let seq = u64::try_from(seq).map_err(|e| corrupt(T, "seq", e))?;
-    let detail: String = get(row, T, "detail_json")?;
-    let detail = serde_json::from_str(&detail).map_err(|e| corrupt(T, "detail_json", e))?;
-    Ok((
-        seq,
-        AuditRecord {
-            at: time_col(row, T, "at")?,
-            actor: get(row, T, "actor")?,
-            action: get(row, T, "action")?,
-            target: get(row, T, "target")?,
-            outcome: get(row, T, "outcome")?,
-            detail,
-        },
-    ))
+    const T: &str = "audit_log";
+    let idx: i64 = get(row, T, "idx")?;
+    let idx = u64::try_from(idx).map_err(|e| corrupt(T, "idx", e))?;
+    let leaf: Vec<u8> = get(row, T, "leaf")?;
+    let event = AuditRecord::from_leaf_bytes(&leaf).map_err(|e| corrupt(T, "leaf", e))?;
+    Ok((idx, event))
 }

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use sqlx::sqlite::{Sqlite, SqliteConnection};
+use sqlx::sqlite::Sqlite;
 use sqlx::{Connection, QueryBuilder};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{detail_json, ts};
+use super::log::{Ctx, Staged};
+use super::rows::ts;
 use crate::{AuditRecord, IssuedCredential, StoreError};
 
 /// Most credentials one group-commit transaction takes from the queue (a
@@ -23,8 +24,7 @@ const ROWS_PER_INSERT: usize = 500;
 pub(crate) type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
 
 /// A mutation run by the writer task on the write connection.
-pub(crate) type WriteOp =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, ()> + Send>;
+pub(crate) type WriteOp = Box<dyn for<'c> FnOnce(&'c mut Ctx) -> BoxFuture<'c, ()> + Send>;
 
 pub(crate) struct IssueRequest {
     pub(crate) creds: Vec<(IssuedCredential, AuditRecord)>,
@@ -38,7 +38,7 @@ pub(crate) enum Msg {
 }
 
 /// Runs until a `Shutdown` message arrives or every sender is gone.
-pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
+pub(crate) async fn run(mut ctx: Ctx, mut rx: mpsc::Receiver<Msg>) {
     // a non-issuance message found while draining the queue for a batch; it
     // runs right after that batch commits, keeping arrival order
     let mut held: Option<Msg> = None;
@@ -51,7 +51,7 @@ pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>)
             },
         };
         match msg {
-            Msg::Op(op) => op(&mut conn).await,
+            Msg::Op(op) => op(&mut ctx).await,
             Msg::Issue(first) => {
                 let mut count = first.creds.len();
                 let mut batch = vec![first];
@@ -68,7 +68,7 @@ pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>)
                         Err(_) => break,
                     }
                 }
-                commit_group(&mut conn, batch, count).await;
+                commit_group(&mut ctx, batch, count).await;
             }
             Msg::Shutdown(done) => {
                 // requests queued after the shutdown get `Closed` (their
@@ -77,12 +77,12 @@ pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>)
                 while rx.try_recv().is_ok() {}
                 // leave a compact database behind (the WAL folded in)
                 if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(&mut conn)
+                    .execute(&mut ctx.conn)
                     .await
                 {
                     tracing::warn!(error = %e, "final WAL checkpoint failed");
                 }
-                if let Err(e) = conn.close().await {
+                if let Err(e) = ctx.conn.close().await {
                     tracing::warn!(error = %e, "closing the SQLite write connection failed");
                 }
                 let _ = done.send(());
@@ -90,16 +90,16 @@ pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>)
             }
         }
     }
-    if let Err(e) = conn.close().await {
+    if let Err(e) = ctx.conn.close().await {
         tracing::warn!(error = %e, "closing the SQLite write connection failed");
     }
 }
 
 /// Writes a whole batch in one transaction and answers every caller.
-async fn commit_group(conn: &mut SqliteConnection, batch: Vec<IssueRequest>, count: usize) {
+async fn commit_group(ctx: &mut Ctx, batch: Vec<IssueRequest>, count: usize) {
     let all: Vec<&(IssuedCredential, AuditRecord)> =
         batch.iter().flat_map(|r| r.creds.iter()).collect();
-    let result = write_issued(conn, &all).await;
+    let result = write_issued(ctx, &all).await;
     drop(all);
     tracing::trace!(
         callers = batch.len(),
@@ -113,7 +113,7 @@ async fn commit_group(conn: &mut SqliteConnection, batch: Vec<IssueRequest>, cou
             // offending request fails
             for req in batch {
                 let own: Vec<&(IssuedCredential, AuditRecord)> = req.creds.iter().collect();
-                let r = write_issued(conn, &own).await;
+                let r = write_issued(ctx, &own).await;
                 let _ = req.reply.send(r);
             }
         }
@@ -126,27 +126,27 @@ async fn commit_group(conn: &mut SqliteConnection, batch: Vec<IssueRequest>, cou
 }
 
 async fn write_issued(
-    conn: &mut SqliteConnection,
+    ctx: &mut Ctx,
     creds: &[&(IssuedCredential, AuditRecord)],
 ) -> Result<(), StoreError> {
     if creds.is_empty() {
         return Ok(());
     }
     // everything that can fail before touching the database
-    let details = creds
-        .iter()
-        .map(|(_, a)| detail_json(&a.detail))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut staged = Staged::new(&ctx.log);
+    for (_, a) in creds {
+        staged.push(a)?;
+    }
     let mut last_issued: BTreeMap<&str, i64> = BTreeMap::new();
     for (c, a) in creds {
-        let at = ts(a.at);
+        let at = ts(a.time);
         last_issued
             .entry(c.identity_id.as_str())
             .and_modify(|v| *v = (*v).max(at))
             .or_insert(at);
     }
 
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = ctx.conn.begin_with("BEGIN IMMEDIATE").await?;
     for chunk in creds.chunks(ROWS_PER_INSERT) {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO credentials (serial, kind, identity_id, spiffe_id, issuer, not_before, \
@@ -176,23 +176,7 @@ async fn write_issued(
                 other => other,
             })?;
     }
-    for (chunk, details) in creds
-        .chunks(ROWS_PER_INSERT)
-        .zip(details.chunks(ROWS_PER_INSERT))
-    {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO audit_events (at, actor, action, target, outcome, detail_json) ",
-        );
-        qb.push_values(chunk.iter().zip(details), |mut b, ((_, a), detail)| {
-            b.push_bind(ts(a.at))
-                .push_bind(a.actor.as_str())
-                .push_bind(a.action.as_str())
-                .push_bind(a.target.as_str())
-                .push_bind(a.outcome.as_str())
-                .push_bind(detail.as_str());
-        });
-        qb.build().execute(&mut *tx).await?;
-    }
+    staged.write(&mut tx).await?;
     for (identity_id, at) in last_issued {
         sqlx::query(
             "UPDATE identities SET last_issued_at = ? \
@@ -205,5 +189,6 @@ async fn write_issued(
         .await?;
     }
     tx.commit().await?;
+    ctx.log = staged.log;
     Ok(())
 }

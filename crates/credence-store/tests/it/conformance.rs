@@ -11,7 +11,8 @@ use credence_core::{
     SpiffeId,
 };
 use credence_store::{
-    AuditRecord, CaRecord, CredentialKind, IdentityFilter, IssuedCredential, Store, StoreError,
+    AuditActor, AuditRecord, CaRecord, CredentialKind, IdentityFilter, IssuedCredential, Outcome,
+    Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -81,13 +82,24 @@ pub fn identity(n: u32) -> Identity {
 }
 
 pub fn audit(action: &str, target: &str) -> AuditRecord {
-    AuditRecord {
-        at: t(10_000),
-        actor: "admin-token".to_owned(),
-        action: action.to_owned(),
-        target: target.to_owned(),
-        outcome: "success".to_owned(),
-        detail: serde_json::json!({ "k": "v", "n": 1 }),
+    let mut a = AuditRecord::new(
+        t(10_000),
+        AuditActor {
+            id: "admin".to_owned(),
+            auth: "admin-token".to_owned(),
+        },
+        action,
+        target,
+        Outcome::Success,
+    );
+    a.details = details(serde_json::json!({ "k": "v", "n": 1 }));
+    a
+}
+
+pub fn details(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => panic!("details must be an object"),
     }
 }
 
@@ -532,7 +544,7 @@ pub async fn record_issued_concurrent_callers(store: &dyn Store) {
                     cr.key_fingerprint = None;
                 }
                 let mut a = audit("x509.issue", &cr.serial);
-                a.at = t(20_000 + c as i64);
+                a.time = t(20_000 + c as i64);
                 (cr, a)
             })
             .collect();
@@ -580,10 +592,8 @@ pub async fn record_issued_concurrent_callers(store: &dyn Store) {
     let records = store.list_audit(before, 1000).await.unwrap();
     assert_eq!(records.len(), CALLERS * PER_CALLER);
     assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
-    assert!(
-        records.iter().all(|(_, a)| a.action == "x509.issue"
-            && a.detail == serde_json::json!({ "k": "v", "n": 1 }))
-    );
+    assert!(records.iter().all(|(_, a)| a.action == "x509.issue"
+        && a.details == details(serde_json::json!({ "k": "v", "n": 1 }))));
 
     // an empty call is a no-op
     store.record_issued(vec![]).await.unwrap();
@@ -994,10 +1004,11 @@ pub async fn audit_record_for_every_mutation(store: &dyn Store) {
         .unwrap();
     expected.push("identity.delete");
     let mut refused = audit("attest.x509", "spiffe://example.org/evil");
-    refused.outcome = "failure".to_owned();
-    refused.actor = "spiffe://example.org/evil".to_owned();
-    refused.detail =
-        serde_json::json!({ "error": "no matching selector", "nested": [1, 2, { "a": null }] });
+    refused.outcome = Outcome::Failure;
+    refused.actor.id = "spiffe://example.org/evil".to_owned();
+    refused.details = details(
+        serde_json::json!({ "error": "no matching selector", "nested": [1, 2, { "a": null }] }),
+    );
     let seq = store.append_audit(refused.clone()).await.unwrap();
     expected.push("attest.x509");
 
@@ -1012,26 +1023,28 @@ pub async fn audit_record_for_every_mutation(store: &dyn Store) {
     assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
     let (last_seq, last) = all.last().unwrap();
     assert_eq!(*last_seq, seq);
-    assert_eq!(last.at, refused.at);
-    assert_eq!(last.actor, refused.actor);
-    assert_eq!(last.target, refused.target);
-    assert_eq!(last.outcome, "failure");
-    assert_eq!(last.detail, refused.detail);
+    assert_eq!(last, &refused, "the event reads back exactly");
 
     // paging by sequence
     let first3 = store.list_audit(0, 3).await.unwrap();
     assert_eq!(first3.len(), 3);
-    let rest = store.list_audit(first3[2].0, 1000).await.unwrap();
+    let rest = store.list_audit(first3[2].0 + 1, 1000).await.unwrap();
     assert_eq!(rest.len(), expected.len() - 3);
-    assert!(store.list_audit(*last_seq, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_audit(*last_seq + 1, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.list_audit(u64::MAX, 10).await.unwrap().is_empty());
     assert_eq!(store.list_audit(0, 0).await.unwrap().len(), 1);
 
     // the record serializes with an RFC 3339 time
     let json = serde_json::to_value(last).unwrap();
-    assert_eq!(json["at"], "2023-11-15T01:00:00Z");
+    assert_eq!(json["time"], "2023-11-15T01:00:00Z");
     let back: AuditRecord = serde_json::from_value(json).unwrap();
-    assert_eq!(back.at, last.at);
+    assert_eq!(back.time, last.time);
 }
 
 pub async fn failed_mutation_writes_no_audit(store: &dyn Store) {
@@ -1171,9 +1184,24 @@ pub async fn reopen_keeps_data(h: &dyn Harness) {
     assert_eq!(store.list_cas().await.unwrap().len(), 1);
     assert_eq!(store.next_crl_number("int-01").await.unwrap(), 2);
     assert_eq!(store.audit_count().await.unwrap(), 4);
-    // sequence numbers continue after reopen
+    // the log resumes where it was: same root, indices continue, and the new
+    // tree is provably an extension of the old one
+    let (size4, root4) = store.audit_head().await.unwrap();
+    assert_eq!(size4, 4);
+    let leaves: Vec<_> = store.audit_leaves(0, 4).await.unwrap();
+    let hashes: Vec<_> = leaves
+        .iter()
+        .map(|(_, l)| credence_audit::hash_leaf(l))
+        .collect();
+    assert_eq!(credence_audit::root_of(&hashes), root4);
     let seq = store.append_audit(audit("x", "y")).await.unwrap();
-    assert_eq!(seq, 5);
+    assert_eq!(seq, 4);
+    let (size5, root5) = store.audit_head().await.unwrap();
+    assert_eq!(size5, 5);
+    let proof = credence_store::proofs::consistency_proof(store.as_ref(), 4, 5)
+        .await
+        .unwrap();
+    credence_audit::verify_consistency(4, 5, &root4, &root5, &proof).unwrap();
     store.close().await;
 
     // a store dropped without close() also reopens fine
@@ -1184,4 +1212,173 @@ pub async fn reopen_keeps_data(h: &dyn Harness) {
     let store = h.open().await;
     assert_eq!(store.audit_count().await.unwrap(), 6);
     store.close().await;
+}
+
+pub async fn audit_log_is_a_verifiable_merkle_tree(store: &dyn Store) {
+    use credence_audit::{hash_leaf, root_of, verify_consistency, verify_inclusion};
+    use credence_store::proofs;
+    // a mix of single-event transactions and group commits
+    for i in 0..5u32 {
+        create(store, &identity(i)).await;
+    }
+    let who = identity(0);
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let creds: Vec<_> = (0..7)
+            .map(|k| issue(cred(&who, &format!("{c:02x}{k:02x}"), t(100_000))))
+            .collect();
+        tasks.push(store.record_issued(creds));
+    }
+    for r in futures::future::join_all(tasks).await {
+        r.unwrap();
+    }
+    // a failed mutation changes nothing in the log
+    let (size_before, root_before) = store.audit_head().await.unwrap();
+    assert!(
+        store
+            .create_identity(&identity(1), audit("identity.create", "dup"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        (size_before, root_before)
+    );
+    store
+        .append_audit(audit("x", "after-failure"))
+        .await
+        .unwrap();
+
+    let (size, root) = store.audit_head().await.unwrap();
+    assert_eq!(size, 5 + 28 + 1);
+    assert_eq!(store.audit_count().await.unwrap(), size);
+    let leaves = store.audit_leaves(0, size).await.unwrap();
+    assert_eq!(leaves.len() as u64, size);
+    assert!(
+        leaves
+            .iter()
+            .enumerate()
+            .all(|(i, (idx, _))| *idx == i as u64),
+        "no gaps"
+    );
+    let hashes: Vec<_> = leaves.iter().map(|(_, l)| hash_leaf(l)).collect();
+    assert_eq!(root_of(&hashes), root, "stored root = recomputed root");
+    for (_, l) in &leaves {
+        AuditRecord::from_leaf_bytes(l).unwrap();
+    }
+    for n in 1..=size {
+        assert_eq!(
+            proofs::root_at(store, n).await.unwrap(),
+            root_of(&hashes[..n as usize])
+        );
+        for i in [0, n / 2, n - 1] {
+            let p = proofs::inclusion_proof(store, i, n).await.unwrap();
+            verify_inclusion(
+                &hashes[i as usize],
+                i,
+                n,
+                &p,
+                &root_of(&hashes[..n as usize]),
+            )
+            .unwrap();
+        }
+        for m in [1, n / 3, n - 1] {
+            if m == 0 || m > n {
+                continue;
+            }
+            let p = proofs::consistency_proof(store, m, n).await.unwrap();
+            verify_consistency(
+                m,
+                n,
+                &root_of(&hashes[..m as usize]),
+                &root_of(&hashes[..n as usize]),
+                &p,
+            )
+            .unwrap();
+        }
+    }
+    // asking past the end is a caller error
+    assert!(matches!(
+        proofs::inclusion_proof(store, 0, size + 1).await,
+        Err(StoreError::BadArgument(_))
+    ));
+    assert!(matches!(
+        proofs::inclusion_proof(store, size, size).await,
+        Err(StoreError::BadArgument(_))
+    ));
+}
+
+pub async fn audit_checkpoints_and_search(store: &dyn Store) {
+    assert_eq!(store.latest_checkpoint().await.unwrap(), None);
+    let a = identity(1);
+    create(store, &a).await;
+    let mut failed = audit("admin.authenticate", "/v1/identities");
+    failed.outcome = Outcome::Failure;
+    store.append_audit(failed).await.unwrap();
+    let mut issued = audit("x509.issue", "spiffe://example.org/w1");
+    issued.time = t(50_000);
+    store.append_audit(issued).await.unwrap();
+    store.save_checkpoint(2, "note-2\n", t(1)).await.unwrap();
+    store.save_checkpoint(3, "note-3\n", t(2)).await.unwrap();
+    store.save_checkpoint(3, "other\n", t(3)).await.unwrap();
+    assert_eq!(
+        store.latest_checkpoint().await.unwrap(),
+        Some((3, "note-3\n".to_owned()))
+    );
+    assert_eq!(store.checkpoints(0, 10).await.unwrap().len(), 2);
+    assert_eq!(store.checkpoints(3, 3).await.unwrap()[0].0, 3);
+
+    let f = |action: Option<&str>| credence_store::AuditFilter {
+        action: action.map(str::to_owned),
+        ..Default::default()
+    };
+    let all = store.search_audit(&f(None), None, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let only = store
+        .search_audit(&f(Some("x509.issue")), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    let failures = store
+        .search_audit(
+            &credence_store::AuditFilter {
+                outcome: Some(Outcome::Failure),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].1.action, "admin.authenticate");
+    let by_id = store
+        .search_audit(
+            &credence_store::AuditFilter {
+                spiffe_id: Some("spiffe://example.org/w1".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_id.len(), 1);
+    let since = store
+        .search_audit(
+            &credence_store::AuditFilter {
+                since: Some(t(40_000)),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 1);
+    let after_first = store
+        .search_audit(&f(None), Some(all[0].0), 100)
+        .await
+        .unwrap();
+    assert_eq!(after_first.len(), 2);
 }

@@ -54,6 +54,8 @@ conformance_suite! {
         audit_record_for_every_mutation,
         failed_mutation_writes_no_audit,
         closed_store_refuses,
+        audit_log_is_a_verifiable_merkle_tree,
+        audit_checkpoints_and_search,
     ];
     harness: [reopen_keeps_data],
 }

@@ -102,16 +102,13 @@ fn public_endpoints_need_no_token_and_admin_needs_one() {
     assert_eq!(recs.len(), 4);
     for r in &recs {
         assert_eq!(r.action, "admin.authenticate");
-        assert_eq!(r.outcome, "failure");
+        assert_eq!(r.outcome, credence_store::Outcome::Failure);
         assert_eq!(r.target, "/v1/identities");
         assert!(
-            r.detail["client_addr"]
-                .as_str()
-                .unwrap()
-                .starts_with("127.0.0.1:"),
-            "{:?}",
-            r.detail
+            r.client_addr.as_deref().unwrap().starts_with("127.0.0.1:"),
+            "{r:?}"
         );
+        assert!(r.reason.is_some());
     }
     // admin actions carry the caller's request id
     let r = h.req(
@@ -124,7 +121,8 @@ fn public_endpoints_need_no_token_and_admin_needs_one() {
     assert_eq!(r.status, 201);
     let last = audit_tail(&dev, 1).pop().unwrap();
     assert_eq!(last.action, "identity.create");
-    assert!(last.detail["request_id"].is_string());
+    assert!(last.request_id.is_some());
+    assert_eq!(last.actor.auth, "admin_token");
     // unknown endpoint and wrong method are JSON errors too
     let r = h.get_public("/nope");
     assert_eq!(r.status, 404);
