@@ -52,6 +52,12 @@ pub fn router(state: AppState) -> Router {
         .route("/credentials/{serial}", get(show_credential))
         .route("/ca", get(show_ca))
         .route("/ca/rotate", post(rotate_ca))
+        .route("/audit/checkpoint", get(audit_checkpoint))
+        .route("/audit/key", get(audit_key))
+        .route("/audit/entries", get(audit_entries))
+        .route("/audit/proof/inclusion", get(audit_inclusion))
+        .route("/audit/proof/consistency", get(audit_consistency))
+        .route("/audit/search", get(audit_search))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 
     Router::new()
@@ -662,4 +668,151 @@ async fn rotate_ca(
 ) -> Result<Json<Value>, ServerError> {
     let id = st.svc.rotate_intermediate(&caller).await?;
     Ok(Json(json!({"intermediate": id})))
+}
+
+// ---- audit log ----
+
+fn b64(h: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(h)
+}
+
+fn text(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn audit_checkpoint(State(st): State<AppState>) -> Result<Response, ServerError> {
+    if let Some((_, note)) = st.svc.store.latest_checkpoint().await? {
+        return Ok(text(note));
+    }
+    st.svc.checkpoint().await?;
+    let (_, note) = st
+        .svc
+        .store
+        .latest_checkpoint()
+        .await?
+        .ok_or_else(|| ServerError::Internal("no checkpoint after signing one".into()))?;
+    Ok(text(note))
+}
+
+async fn audit_key(State(st): State<AppState>) -> Response {
+    text(st.svc.audit_log.vkey())
+}
+
+/// Most entries one `/v1/audit/entries` call returns.
+const MAX_ENTRIES: u64 = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntriesQuery {
+    start: u64,
+    end: u64,
+}
+
+async fn audit_entries(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<EntriesQuery>,
+) -> Result<Json<Value>, ServerError> {
+    if q.end < q.start {
+        return Err(ServerError::bad(
+            "invalid_query",
+            "end must not be below start",
+        ));
+    }
+    let end = q.end.min(q.start.saturating_add(MAX_ENTRIES));
+    let leaves = st.svc.store.audit_leaves(q.start, end).await?;
+    let mut entries = Vec::with_capacity(leaves.len());
+    for (index, leaf) in leaves {
+        let event = credence_store::AuditRecord::from_leaf_bytes(&leaf)
+            .map(|e| json!(e))
+            .unwrap_or(Value::Null);
+        entries.push(json!({"index": index, "leaf": b64(&leaf), "event": event}));
+    }
+    Ok(Json(json!({"entries": entries})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    index: u64,
+    tree_size: u64,
+}
+
+async fn audit_inclusion(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
+) -> Result<Json<Value>, ServerError> {
+    let hashes =
+        credence_store::proofs::inclusion_proof(st.svc.store.as_ref(), q.index, q.tree_size)
+            .await?;
+    Ok(Json(json!({
+        "leaf_index": q.index,
+        "tree_size": q.tree_size,
+        "hashes": hashes.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn audit_consistency(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
+) -> Result<Json<Value>, ServerError> {
+    let hashes =
+        credence_store::proofs::consistency_proof(st.svc.store.as_ref(), q.from, q.to).await?;
+    Ok(Json(json!({
+        "from": q.from,
+        "to": q.to,
+        "hashes": hashes.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    action: Option<String>,
+    outcome: Option<credence_store::Outcome>,
+    spiffe_id: Option<SpiffeId>,
+    target: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    since: Option<time::OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<time::OffsetDateTime>,
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn audit_search(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> Result<Json<Value>, ServerError> {
+    let filter = credence_store::AuditFilter {
+        action: q.action,
+        outcome: q.outcome,
+        spiffe_id: q.spiffe_id.map(|s| s.to_string()),
+        target: q.target,
+        since: q.since,
+        until: q.until,
+    };
+    let limit = q.limit.unwrap_or(100);
+    let found = st.svc.store.search_audit(&filter, q.after, limit).await?;
+    let next = (found.len() as u32 >= limit.clamp(1, 1000))
+        .then(|| found.last().map(|(i, _)| *i))
+        .flatten();
+    Ok(Json(json!({
+        "entries": found.iter().map(|(i, e)| json!({"index": i, "event": e})).collect::<Vec<_>>(),
+        "next_after": next,
+    })))
 }

@@ -40,6 +40,15 @@ pub struct ServerConfig {
     #[serde(default)]
     pub issuance: IssuanceSection,
     pub admin: AdminSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// How often a checkpoint is signed while the log grows (default 1s).
+    pub checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +202,12 @@ impl ServerConfig {
             policy,
             clock: Arc::new(SystemClock),
             rng: Arc::new(credence_ca::SystemRandom),
+            checkpoint_interval: opt_duration(
+                "audit.checkpoint_interval",
+                &self.audit.checkpoint_interval,
+                Duration::seconds(1),
+            )?
+            .unsigned_abs(),
         })
     }
 }

@@ -12,6 +12,7 @@
 //! `IntoResponse`, which always answers `{"error": code, "message": text}`.
 
 pub mod api;
+pub mod audit_log;
 pub mod authority;
 pub mod config;
 mod error;

@@ -41,6 +41,8 @@ pub struct Options {
     pub policy: IssuancePolicy,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Random>,
+    /// How often a checkpoint of the audit log is signed while it grows.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 /// A running server.
@@ -50,6 +52,7 @@ pub struct Running {
     pub service: Arc<Service>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
+    checkpointer: JoinHandle<()>,
 }
 
 impl Running {
@@ -62,6 +65,11 @@ impl Running {
             Ok(r) => r,
             Err(e) => Err(ServerError::Internal(format!("server task failed: {e}"))),
         };
+        // a last checkpoint covers everything committed before the stop
+        self.checkpointer.abort();
+        if let Err(e) = self.service.checkpoint().await {
+            tracing::error!(error = %e, "final audit checkpoint failed");
+        }
         self.service.store.close().await;
         r
     }
@@ -201,8 +209,25 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
             })
         }
     };
+    let checkpointer = {
+        let svc = svc.clone();
+        let every = opts
+            .checkpoint_interval
+            .max(std::time::Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = svc.checkpoint().await {
+                    tracing::error!(error = %e, "audit checkpoint failed");
+                }
+            }
+        })
+    };
     tracing::info!(%addr, %base_url, "serving");
     Ok(Running {
+        checkpointer,
         addr,
         base_url,
         service: svc,

@@ -114,6 +114,8 @@ pub struct Service {
     pub issuer_url: Option<String>,
     wrapper: KeyWrapper,
     authority: RwLock<Arc<Authority>>,
+    /// The audit log's key and checkpoint signer.
+    pub audit_log: crate::audit_log::AuditLog,
     /// Write-through cache of identities by SPIFFE ID, for the issuance hot path.
     identities: RwLock<HashMap<SpiffeId, Arc<Identity>>>,
     crl: Mutex<Option<CachedCrl>>,
@@ -167,7 +169,15 @@ impl Service {
             rng.as_ref(),
         )
         .await?;
+        let audit_log = crate::audit_log::AuditLog::load_or_create(
+            store.as_ref(),
+            &wrapper,
+            trust_domain,
+            clock.as_ref(),
+        )
+        .await?;
         Ok(Self {
+            audit_log,
             store,
             clock,
             rng,
@@ -740,6 +750,13 @@ impl Service {
             });
         }
         Ok(der)
+    }
+
+    /// Signs a checkpoint if the audit log grew since the last one.
+    pub async fn checkpoint(&self) -> Result<Option<u64>, ServerError> {
+        self.audit_log
+            .checkpoint(self.store.as_ref(), self.clock.now())
+            .await
     }
 
     /// Records a failed admin authentication. Failures to record are logged,

@@ -40,7 +40,7 @@ fn audit_err(e: AuditError) -> StoreError {
     }
 }
 
-async fn run<F>(store: &dyn Store, proof: F) -> Result<Vec<Hash>, StoreError>
+async fn run<F>(store: &dyn Store, size: u64, proof: F) -> Result<Vec<Hash>, StoreError>
 where
     F: Fn(&dyn NodeReader) -> Result<Vec<Hash>, AuditError>,
 {
@@ -56,17 +56,37 @@ where
             map.insert(id, h);
         }
     }
-    proof(&Fetched(map)).map_err(audit_err)
+    match proof(&Fetched(map)) {
+        Ok(p) => Ok(p),
+        Err(AuditError::NodeMissing { .. }) => {
+            let (current, _) = store.audit_head().await?;
+            if size > current {
+                Err(StoreError::BadArgument(format!(
+                    "tree size {size} is larger than the log ({current} entries)"
+                )))
+            } else {
+                Err(StoreError::Invalid(format!(
+                    "audit log: nodes of the tree of size {size} are missing"
+                )))
+            }
+        }
+        Err(e) => Err(audit_err(e)),
+    }
 }
 
-/// The inclusion proof of leaf `index` in the tree of size `size`.
+/// The inclusion proof of leaf `index` in the tree of size `size`. Proofs
+/// come from stored nodes only, so they can be served for every size whose
+/// nodes are stored, even if leaf rows were later removed: that is what lets
+/// a verifier locate tampering.
 pub async fn inclusion_proof(
     store: &dyn Store,
     index: u64,
     size: u64,
 ) -> Result<Vec<Hash>, StoreError> {
-    check_size(store, size).await?;
-    run(store, |r| credence_audit::inclusion_proof(index, size, r)).await
+    run(store, size, |r| {
+        credence_audit::inclusion_proof(index, size, r)
+    })
+    .await
 }
 
 /// The consistency proof between tree sizes `from` and `to`.
@@ -75,8 +95,10 @@ pub async fn consistency_proof(
     from: u64,
     to: u64,
 ) -> Result<Vec<Hash>, StoreError> {
-    check_size(store, to).await?;
-    run(store, |r| credence_audit::consistency_proof(from, to, r)).await
+    run(store, to, |r| {
+        credence_audit::consistency_proof(from, to, r)
+    })
+    .await
 }
 
 /// The root of the tree of size `size` (a prefix of the log).

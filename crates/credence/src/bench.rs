@@ -392,6 +392,7 @@ async fn http_stage(
         policy: IssuancePolicy::default(),
         clock: Arc::new(SystemClock),
         rng: Arc::new(credence_ca::SystemRandom),
+        checkpoint_interval: Duration::from_secs(1),
     })
     .await
     .map_err(err)?;

@@ -97,6 +97,15 @@ impl Client {
         json_of(r).await
     }
 
+    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+        let r = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        r.text()
+            .await
+            .map_err(|e| CliError(format!("reading response: {e}")))
+    }
+
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CliError> {
         let r = self
             .send(self.http.get(format!("{}{path}", self.base)))

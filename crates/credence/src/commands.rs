@@ -50,6 +50,7 @@ pub async fn dev(
         policy: IssuancePolicy::default(),
         clock: Arc::new(SystemClock),
         rng: Arc::new(rng),
+        checkpoint_interval: std::time::Duration::from_secs(1),
     })
     .await
     .map_err(cli_err)?;

@@ -1,5 +1,6 @@
 //! `credence`: one binary for the server (`dev`, `server`) and its admin CLI.
 
+mod audit_cmd;
 mod bench;
 mod client;
 mod commands;
@@ -80,6 +81,9 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Read, search, prove, export and verify the tamper-evident audit log
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCmd),
     /// Measure issuance throughput and latency against the raw crypto floor
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -143,6 +147,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::server(&config).await
         }
         Cmd::Bench(b) => bench::run(b).await,
+        // offline bundle verification needs no server
+        Cmd::Audit(audit_cmd::AuditCmd::Verify {
+            log_key,
+            bundle: Some(bundle),
+            since_checkpoint,
+        }) => {
+            audit_cmd::run(
+                None,
+                audit_cmd::AuditCmd::Verify {
+                    log_key,
+                    bundle: Some(bundle),
+                    since_checkpoint,
+                },
+                cli.conn.json,
+            )
+            .await
+        }
         other => {
             let client = client::Client::new(
                 cli.conn.addr.clone(),
@@ -158,6 +179,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Revoke(a) => commands::revoke(&client, a, json).await,
                 Cmd::Ca(c) => commands::ca(&client, c, json).await,
                 Cmd::Crl { out } => commands::crl(&client, out).await,
+                Cmd::Audit(a) => audit_cmd::run(Some(&client), a, json).await,
                 Cmd::Dev(_) | Cmd::Server { .. } | Cmd::Bench(_) => Ok(()),
             }
         }
