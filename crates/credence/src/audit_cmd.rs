@@ -444,8 +444,11 @@ pub async fn run(c: Option<&Client>, cmd: AuditCmd, json_mode: bool) -> Result<(
                     );
                 }
                 Err(f) => {
-                    let located = match (&bundle, c, f.first_bad_index()) {
-                        (None, Some(c), None) => locate(c, &leaves, &cp).await.unwrap_or(None),
+                    // an undecodable entry names itself; anything else is
+                    // located by consistency proofs against the signed root
+                    let located = match (&f, &bundle, c) {
+                        (VerifyFailure::BadEntry { .. }, _, _) => None,
+                        (_, None, Some(c)) => locate(c, &leaves, &cp).await.unwrap_or(None),
                         _ => None,
                     };
                     return Err(err(failure_message(&f, located)));

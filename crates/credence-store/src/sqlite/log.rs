@@ -122,11 +122,14 @@ impl Staged {
     }
 }
 
-/// Loads the frontier of the stored log (size = number of leaves).
+/// Loads the frontier of the stored tree. Its size is the number of leaf
+/// hashes (level-0 nodes), not of leaf rows: the nodes are the tree as it
+/// was appended, so rows edited or inserted later cannot move it.
 pub(crate) async fn load_frontier(conn: &mut SqliteConnection) -> Result<CompactRange, StoreError> {
-    let size: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
-        .fetch_one(&mut *conn)
-        .await?;
+    let size: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_nodes WHERE level = 0")
+            .fetch_one(&mut *conn)
+            .await?;
     let size = u64::try_from(size).unwrap_or(0);
     let mut peaks = Vec::new();
     for (level, idx) in credence_audit::peak_nodes(size) {
