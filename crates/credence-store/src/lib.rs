@@ -285,6 +285,10 @@ pub trait Store: Send + Sync + 'static {
     /// refused request, `outcome: "failure"`); returns its index in the log.
     async fn append_audit(&self, audit: AuditRecord) -> Result<u64, StoreError>;
 
+    /// Appends several audit events in one transaction (bulk import, tests,
+    /// benchmarks); returns their indices.
+    async fn append_audit_batch(&self, events: Vec<AuditRecord>) -> Result<Vec<u64>, StoreError>;
+
     /// The log's current size and root, as the writer sees them (committed).
     async fn audit_head(&self) -> Result<(u64, Hash), StoreError>;
     /// The exact leaf bytes of entries `start..end` (at most 10,000), ascending.

@@ -53,6 +53,10 @@ impl Staged {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
     /// Stages one event; returns its index in the log.
     pub(crate) fn push(&mut self, ev: &AuditEvent) -> Result<u64, StoreError> {
         let leaf = ev

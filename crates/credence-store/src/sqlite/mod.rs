@@ -310,10 +310,14 @@ impl Store for SqliteStore {
         self.check_open()?;
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(Msg::Issue(IssueRequest { creds, reply }))
+            .send(Msg::Issue(IssueRequest {
+                creds,
+                events: Vec::new(),
+                reply,
+            }))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| StoreError::Closed)?.map(|_| ())
     }
 
     async fn revoke_serial(
@@ -431,8 +435,21 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, audit: AuditRecord) -> Result<u64, StoreError> {
-        self.write(move |c| Box::pin(ops::append_audit(c, audit)))
+        // group-committed with concurrent issuances and appends
+        self.check_open()?;
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Msg::Issue(IssueRequest {
+                creds: Vec::new(),
+                events: vec![audit],
+                reply,
+            }))
             .await
+            .map_err(|_| StoreError::Closed)?;
+        let idx = answer.await.map_err(|_| StoreError::Closed)??;
+        idx.first()
+            .copied()
+            .ok_or_else(|| StoreError::Invalid("append returned no index".into()))
     }
 
     async fn audit_count(&self) -> Result<u64, StoreError> {
@@ -458,6 +475,23 @@ impl Store for SqliteStore {
         .fetch_all(&self.read)
         .await?;
         found.iter().map(rows::audit).collect()
+    }
+
+    async fn append_audit_batch(&self, events: Vec<AuditRecord>) -> Result<Vec<u64>, StoreError> {
+        self.check_open()?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Msg::Issue(IssueRequest {
+                creds: Vec::new(),
+                events,
+                reply,
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn audit_head(&self) -> Result<(u64, Hash), StoreError> {

@@ -347,13 +347,3 @@ pub(crate) async fn next_crl_number(ctx: &mut Ctx, issuer: String) -> Result<u64
     .await?;
     u64::try_from(n).map_err(|e| rows::corrupt("crl_numbers", "last", e))
 }
-
-pub(crate) async fn append_audit(ctx: &mut Ctx, audit: AuditRecord) -> Result<u64, StoreError> {
-    let mut tx = begin(&mut ctx.conn).await?;
-    let mut staged = Staged::new(&ctx.log);
-    let idx = staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
-    Ok(idx)
-}

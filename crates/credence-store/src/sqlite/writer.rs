@@ -26,9 +26,20 @@ pub(crate) type BoxFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
 /// A mutation run by the writer task on the write connection.
 pub(crate) type WriteOp = Box<dyn for<'c> FnOnce(&'c mut Ctx) -> BoxFuture<'c, ()> + Send>;
 
+/// Work for the group commit: issued credentials with their audit events,
+/// and audit events that go with no state change.
 pub(crate) struct IssueRequest {
     pub(crate) creds: Vec<(IssuedCredential, AuditRecord)>,
-    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+    pub(crate) events: Vec<AuditRecord>,
+    /// Answered after the commit with the log index of every event, in
+    /// order (credentials' events first).
+    pub(crate) reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
+
+impl IssueRequest {
+    fn len(&self) -> usize {
+        self.creds.len() + self.events.len()
+    }
 }
 
 pub(crate) enum Msg {
@@ -53,12 +64,12 @@ pub(crate) async fn run(mut ctx: Ctx, mut rx: mpsc::Receiver<Msg>) {
         match msg {
             Msg::Op(op) => op(&mut ctx).await,
             Msg::Issue(first) => {
-                let mut count = first.creds.len();
+                let mut count = first.len();
                 let mut batch = vec![first];
                 while count < GROUP_COMMIT_MAX {
                     match rx.try_recv() {
                         Ok(Msg::Issue(req)) => {
-                            count += req.creds.len();
+                            count += req.len();
                             batch.push(req);
                         }
                         Ok(other) => {
@@ -97,48 +108,61 @@ pub(crate) async fn run(mut ctx: Ctx, mut rx: mpsc::Receiver<Msg>) {
 
 /// Writes a whole batch in one transaction and answers every caller.
 async fn commit_group(ctx: &mut Ctx, batch: Vec<IssueRequest>, count: usize) {
-    let all: Vec<&(IssuedCredential, AuditRecord)> =
-        batch.iter().flat_map(|r| r.creds.iter()).collect();
-    let result = write_issued(ctx, &all).await;
+    let all: Vec<&IssueRequest> = batch.iter().collect();
+    let result = write_batch(ctx, &all).await;
     drop(all);
     tracing::trace!(
         callers = batch.len(),
-        credentials = count,
+        items = count,
         ok = result.is_ok(),
         "group commit"
     );
     match result {
-        Err(StoreError::Conflict(_)) if batch.len() > 1 => {
-            // a repeated serial: retry caller by caller so that only the
-            // offending request fails
+        Ok(indices) => {
+            for (req, idx) in batch.into_iter().zip(indices) {
+                let _ = req.reply.send(Ok(idx));
+            }
+        }
+        Err(StoreError::Conflict(_) | StoreError::BadArgument(_)) if batch.len() > 1 => {
+            // a repeated serial or a malformed event: retry caller by caller
+            // so that only the offending request fails
             for req in batch {
-                let own: Vec<&(IssuedCredential, AuditRecord)> = req.creds.iter().collect();
-                let r = write_issued(ctx, &own).await;
+                let r = write_batch(ctx, &[&req]).await.map(|mut v| v.remove(0));
                 let _ = req.reply.send(r);
             }
         }
-        result => {
+        Err(e) => {
             for req in batch {
-                let _ = req.reply.send(result.clone());
+                let _ = req.reply.send(Err(e.clone()));
             }
         }
     }
 }
 
-async fn write_issued(
+async fn write_batch(
     ctx: &mut Ctx,
-    creds: &[&(IssuedCredential, AuditRecord)],
-) -> Result<(), StoreError> {
-    if creds.is_empty() {
-        return Ok(());
-    }
+    reqs: &[&IssueRequest],
+) -> Result<Vec<Vec<u64>>, StoreError> {
+    let creds: Vec<&(IssuedCredential, AuditRecord)> =
+        reqs.iter().flat_map(|r| r.creds.iter()).collect();
     // everything that can fail before touching the database
     let mut staged = Staged::new(&ctx.log);
-    for (_, a) in creds {
-        staged.push(a)?;
+    let mut indices = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let mut own = Vec::with_capacity(r.len());
+        for (_, a) in &r.creds {
+            own.push(staged.push(a)?);
+        }
+        for e in &r.events {
+            own.push(staged.push(e)?);
+        }
+        indices.push(own);
+    }
+    if staged.is_empty() {
+        return Ok(indices);
     }
     let mut last_issued: BTreeMap<&str, i64> = BTreeMap::new();
-    for (c, a) in creds {
+    for (c, a) in &creds {
         let at = ts(a.time);
         last_issued
             .entry(c.identity_id.as_str())
@@ -190,5 +214,5 @@ async fn write_issued(
     }
     tx.commit().await?;
     ctx.log = staged.log;
-    Ok(())
+    Ok(indices)
 }
