@@ -418,12 +418,7 @@ pub async fn run(c: Option<&Client>, cmd: AuditCmd, json_mode: bool) -> Result<(
             };
             let mut lv = LogVerifier::new(&note, std::slice::from_ref(&v))
                 .map_err(|f| err(failure_message(&f, None)))?;
-            let result = (|| {
-                for l in &leaves {
-                    lv.push(l)?;
-                }
-                lv.finish()
-            })();
+            let result = lv.push_many(&leaves).and_then(|()| lv.finish());
             let (cp, _) = Checkpoint::open(&note, std::slice::from_ref(&v)).map_err(err)?;
             match result {
                 Ok(ok) => {

@@ -284,3 +284,27 @@ fn streaming_verifier_and_proofs_on_the_big_log() {
         verify_consistency(m, N as u64, &old.root(), &root, &proof).unwrap();
     }
 }
+
+#[test]
+fn push_many_equals_push_and_names_the_bad_entry() {
+    let l = log();
+    let verifiers = [l.signer.verifier()];
+    let mut one = LogVerifier::new(&l.note, &verifiers).unwrap();
+    for leaf in &l.leaves {
+        one.push(leaf).unwrap();
+    }
+    let mut many = LogVerifier::new(&l.note, &verifiers).unwrap();
+    many.push_many(&l.leaves[..300]).unwrap();
+    many.push_many(&l.leaves[300..]).unwrap();
+    assert_eq!(many.count(), one.count());
+    assert_eq!(
+        many.finish().unwrap().checkpoint,
+        one.finish().unwrap().checkpoint
+    );
+    // a non-canonical entry in the second worker's half is named exactly
+    let mut leaves = l.leaves.clone();
+    leaves[777][0] = b' ';
+    let mut v = LogVerifier::new(&l.note, &verifiers).unwrap();
+    let e = v.push_many(&leaves).unwrap_err();
+    assert_eq!(e.first_bad_index(), Some(777));
+}

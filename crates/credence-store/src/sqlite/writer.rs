@@ -139,10 +139,7 @@ async fn commit_group(ctx: &mut Ctx, batch: Vec<IssueRequest>, count: usize) {
     }
 }
 
-async fn write_batch(
-    ctx: &mut Ctx,
-    reqs: &[&IssueRequest],
-) -> Result<Vec<Vec<u64>>, StoreError> {
+async fn write_batch(ctx: &mut Ctx, reqs: &[&IssueRequest]) -> Result<Vec<Vec<u64>>, StoreError> {
     let creds: Vec<&(IssuedCredential, AuditRecord)> =
         reqs.iter().flat_map(|r| r.creds.iter()).collect();
     // everything that can fail before touching the database
