@@ -99,30 +99,33 @@ async fn verifier(c: Option<&Client>, log_key: Option<&str>) -> Result<Verifier,
 
 async fn fetch_leaves(c: &Client, size: u64, progress: bool) -> Result<Vec<Vec<u8>>, CliError> {
     let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    let mut start = 0u64;
-    while start < size {
-        let v = c
-            .get(&format!("/v1/audit/entries?start={start}&end={size}"))
+    while (out.len() as u64) < size {
+        let start = out.len() as u64;
+        let body = c
+            .get_bytes(&format!("/v1/audit/leaves?start={start}&end={size}"))
             .await?;
-        let entries = v["entries"].as_array().cloned().unwrap_or_default();
-        if entries.is_empty() {
+        let before = out.len();
+        let mut rest = body.as_slice();
+        while !rest.is_empty() {
+            let idx = out.len();
+            if rest.len() < 4 {
+                return Err(err(format!("truncated leaf stream at entry {idx}")));
+            }
+            let (len, tail) = rest.split_at(4);
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if tail.len() < len {
+                return Err(err(format!("truncated leaf stream at entry {idx}")));
+            }
+            let (leaf, tail) = tail.split_at(len);
+            out.push(leaf.to_vec());
+            rest = tail;
+        }
+        if out.len() == before {
+            // the log ends early: the verifier reports the missing entries
             break;
         }
-        for e in entries {
-            let idx = e["index"].as_u64().unwrap_or(u64::MAX);
-            if idx != out.len() as u64 {
-                // a gap in the served indices: stop here, the verifier reports
-                // the missing entries
-                return Ok(out);
-            }
-            let leaf = B64
-                .decode(e["leaf"].as_str().unwrap_or(""))
-                .map_err(|_| err(format!("entry {idx}: leaf is not base64")))?;
-            out.push(leaf);
-        }
-        start = out.len() as u64;
         if progress {
-            eprint!("\r  fetched {start}/{size} entries");
+            eprint!("\r  fetched {}/{size} entries", out.len());
         }
     }
     if progress {
@@ -188,10 +191,30 @@ async fn locate(c: &Client, leaves: &[Vec<u8>], cp: &Checkpoint) -> Result<Optio
     Ok(Some(hi - 1))
 }
 
-fn failure_message(f: &VerifyFailure, located: Option<u64>) -> String {
-    match located.or(f.first_bad_index()) {
-        Some(i) => format!("audit log does not verify: {f}; first bad index is {i}"),
-        None => format!("audit log does not verify: {f}"),
+fn failure_message(f: VerifyFailure, located: Option<u64>) -> String {
+    // put the located index into the failure, so it is named exactly once
+    let f = match (f, located) {
+        (
+            VerifyFailure::MissingEntries {
+                size, available, ..
+            },
+            Some(i),
+        ) => VerifyFailure::MissingEntries {
+            size,
+            available,
+            first_bad_index: i,
+        },
+        (VerifyFailure::RootMismatch { size, .. }, Some(i)) => VerifyFailure::RootMismatch {
+            size,
+            first_bad_index: Some(i),
+        },
+        (f, _) => f,
+    };
+    match &f {
+        VerifyFailure::BadEntry { index, .. } => {
+            format!("audit log does not verify: {f}; first bad index is {index}")
+        }
+        _ => format!("audit log does not verify: {f}"),
     }
 }
 
@@ -200,7 +223,7 @@ async fn check_since(
     saved: &PathBuf,
     v: &Verifier,
     current: &Checkpoint,
-    proof_source: Option<Vec<Hash>>,
+    leaves: &[Vec<u8>],
 ) -> Result<(), CliError> {
     let note = std::fs::read_to_string(saved)
         .map_err(|e| err(format!("cannot read {}: {e}", saved.display())))?;
@@ -221,16 +244,27 @@ async fn check_since(
         }
         return Ok(());
     }
-    let proof = match (proof_source, c) {
-        (Some(p), _) => p,
-        (None, Some(c)) => decode_hashes(
+    let proof = match c {
+        Some(c) => decode_hashes(
             &c.get(&format!(
                 "/v1/audit/proof/consistency?from={}&to={}",
                 old.size, current.size
             ))
             .await?,
         )?,
-        (None, None) => return Err(err("no consistency proof available")),
+        None => {
+            // offline: the entries were just verified against the current
+            // checkpoint, so the saved root must be the root of their prefix
+            let n = usize::try_from(old.size).unwrap_or(usize::MAX);
+            let prefix: Vec<Hash> = leaves.iter().take(n).map(|l| hash_leaf(l)).collect();
+            if prefix.len() == n && root_of(&prefix) == old.root {
+                return Ok(());
+            }
+            return Err(err(format!(
+                "audit log is not an extension of the saved checkpoint of size {}",
+                old.size
+            )));
+        }
     };
     verify_consistency(old.size, current.size, &old.root, &current.root, &proof).map_err(|e| {
         err(format!(
@@ -417,7 +451,7 @@ pub async fn run(c: Option<&Client>, cmd: AuditCmd, json_mode: bool) -> Result<(
                 }
             };
             let mut lv = LogVerifier::new(&note, std::slice::from_ref(&v))
-                .map_err(|f| err(failure_message(&f, None)))?;
+                .map_err(|f| err(failure_message(f, None)))?;
             let result = lv.push_many(&leaves).and_then(|()| lv.finish());
             let (cp, _) = Checkpoint::open(&note, std::slice::from_ref(&v)).map_err(err)?;
             match result {
@@ -428,7 +462,7 @@ pub async fn run(c: Option<&Client>, cmd: AuditCmd, json_mode: bool) -> Result<(
                             saved,
                             &v,
                             &cp,
-                            None,
+                            &leaves,
                         )
                         .await?;
                     }
@@ -446,7 +480,7 @@ pub async fn run(c: Option<&Client>, cmd: AuditCmd, json_mode: bool) -> Result<(
                         (_, None, Some(c)) => locate(c, &leaves, &cp).await.unwrap_or(None),
                         _ => None,
                     };
-                    return Err(err(failure_message(&f, located)));
+                    return Err(err(failure_message(f, located)));
                 }
             }
         }

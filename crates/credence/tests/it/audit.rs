@@ -160,6 +160,23 @@ fn untouched_log_verifies_live_offline_and_against_saved_checkpoint() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // offline, the bundle is also checked against a checkpoint saved earlier
+    let o = std::process::Command::new(crate::support::BIN)
+        .args([
+            "audit",
+            "verify",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--log-key",
+            key.trim(),
+            "--since-checkpoint",
+            saved.to_str().unwrap(),
+        ])
+        .env_remove("CREDENCE_ADDR")
+        .env_remove("CREDENCE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // a wrong key is refused
     let other = "example.org/credence/audit+00000000+AQ".to_owned() + &"A".repeat(43);
     let o = std::process::Command::new(crate::support::BIN)
@@ -206,6 +223,8 @@ fn edited_entry_is_named() {
     });
     let err = verify_fails(dir, &[]);
     assert!(err.contains(&format!("first bad index is {K}")), "{err}");
+    assert_eq!(err.matches("first bad index").count(), 1, "{err}");
+    assert!(!err.contains("cannot be located"), "{err}");
 }
 
 #[test]
