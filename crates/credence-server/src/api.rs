@@ -756,8 +756,7 @@ async fn audit_leaves(
     let leaves = st.svc.store.audit_leaves(q.start, q.end).await?;
     let total: usize = leaves.iter().map(|(_, l)| l.len() + 4).sum();
     let mut body = Vec::with_capacity(total);
-    let mut expected = q.start;
-    for (index, leaf) in leaves {
+    for (expected, (index, leaf)) in (q.start..).zip(leaves) {
         if index != expected {
             // a gap in the stored indices: stop, the verifier reports it
             break;
@@ -766,7 +765,6 @@ async fn audit_leaves(
             .map_err(|_| ServerError::Internal(format!("entry {index} is too large")))?;
         body.extend_from_slice(&len.to_be_bytes());
         body.extend_from_slice(&leaf);
-        expected += 1;
     }
     Ok((
         [(
