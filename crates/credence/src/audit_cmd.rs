@@ -97,7 +97,7 @@ async fn verifier(c: Option<&Client>, log_key: Option<&str>) -> Result<Verifier,
     Verifier::from_vkey(vkey.trim()).map_err(|e| err(format!("log key: {e}")))
 }
 
-async fn fetch_leaves(c: &Client, size: u64, progress: bool) -> Result<Vec<Vec<u8>>, CliError> {
+pub async fn fetch_leaves(c: &Client, size: u64, progress: bool) -> Result<Vec<Vec<u8>>, CliError> {
     let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     while (out.len() as u64) < size {
         let start = out.len() as u64;

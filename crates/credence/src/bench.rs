@@ -752,5 +752,49 @@ async fn audit_bench(
         t.elapsed().as_secs_f64()
     );
     store.close().await;
+
+    // 6. the same through the server, as `credence audit verify` does it
+    let token = "bench-admin-token-0123456789";
+    let running = runtime::start(Options {
+        trust_domain: TrustDomain::new("bench.example").map_err(err)?,
+        listen: "127.0.0.1:0".parse().map_err(err)?,
+        db_path: dir.path().join("audit.db"),
+        durability,
+        kek: zeroize::Zeroizing::new(vec![9u8; 32]),
+        admin_token: zeroize::Zeroizing::new(token.to_owned()),
+        tls: None,
+        public_url: None,
+        lifetimes: CaLifetimes::default(),
+        policy: IssuancePolicy::default(),
+        clock: Arc::new(SystemClock),
+        rng: Arc::new(credence_ca::SystemRandom),
+        checkpoint_interval: Duration::from_secs(1),
+    })
+    .await
+    .map_err(err)?;
+    let client = crate::client::Client::new(
+        Some(running.base_url.clone()),
+        Some(token.to_owned()),
+        None,
+        None,
+    )?;
+    running.service.checkpoint().await.map_err(err)?;
+    let t = Instant::now();
+    let vkey = client.get_text("/v1/audit/key").await?;
+    let verifier = credence_audit::Verifier::from_vkey(vkey.trim()).map_err(err)?;
+    let note = client.get_text("/v1/audit/checkpoint").await?;
+    let mut v = LogVerifier::new(&note, &[verifier]).map_err(err)?;
+    let n = v.checkpoint().size;
+    let leaves = crate::audit_cmd::fetch_leaves(&client, n, false).await?;
+    let v = tokio::task::spawn_blocking(move || v.push_many(&leaves).map(|_| v))
+        .await
+        .map_err(err)?
+        .map_err(err)?;
+    v.finish().map_err(err)?;
+    println!(
+        "credence audit verify over HTTP, {n} entries (fetch, decode, hash, compare root): {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    running.shutdown().await.map_err(err)?;
     Ok(())
 }
