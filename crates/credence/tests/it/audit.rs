@@ -35,14 +35,19 @@ fn prepared() -> (tempfile::TempDir, String, i64) {
     assert!(dev.stop().success());
     let dir = std::mem::replace(&mut dev.dir, tempfile::tempdir().unwrap());
     drop(dev);
-    let (n, note) = sql(&dir, |mut c| async move {
+    let (n, note, rows) = sql(&dir, |mut c| async move {
         let row: (i64, String) =
             sqlx::query_as("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
                 .fetch_one(&mut c)
                 .await
                 .unwrap();
-        row
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        (row.0, row.1, rows)
     });
+    assert_eq!(n, rows, "the shutdown checkpoint covers every entry");
     assert!(n > K + 5, "log of {n} entries");
     (dir, note, n)
 }
