@@ -1,0 +1,3 @@
+//! The Credence node agent.
+
+pub mod generated;
