@@ -196,6 +196,30 @@ impl KeyWrapper {
     }
 }
 
+/// Incremental SHA-256 (for large inputs such as executables).
+pub struct Sha256Stream(digest::Context);
+
+impl Sha256Stream {
+    pub fn new() -> Self {
+        Self(digest::Context::new(&digest::SHA256))
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    pub fn finish(self) -> [u8; 32] {
+        let d = self.0.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
+impl Default for Sha256Stream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Lowercase hex SHA-256 of some bytes (key fingerprints, token hashes).
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data))

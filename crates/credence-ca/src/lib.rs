@@ -18,5 +18,7 @@ pub mod x509;
 
 pub use error::CaError;
 pub use jwt::{Audience, JwtSigner, JwtSvidClaims};
-pub use keys::{KeyAlgorithm, KeyWrapper, Signer, SoftwareKey, SystemRandom, sha256, sha256_hex};
+pub use keys::{
+    KeyAlgorithm, KeyWrapper, Sha256Stream, Signer, SoftwareKey, SystemRandom, sha256, sha256_hex,
+};
 pub use x509::{CheckedCsr, CrlEntry, LeafKey, LeafKeyKind, X509Issuer, check_csr};
