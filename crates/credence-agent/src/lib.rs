@@ -5,6 +5,9 @@
 //!   `unix:*` selectors, and the selector matching rule.
 //! - [`generated`]: the SPIFFE Workload API (`workload.proto`, vendored)
 //!   compiled to Rust; regenerated and checked by the `codegen` test.
+//! - [`workload_api`]: the Workload API service on a Unix socket: header
+//!   check, attestation, streams that push on change.
 
 pub mod attest;
 pub mod generated;
+pub mod workload_api;

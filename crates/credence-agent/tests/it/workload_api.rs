@@ -1,1 +1,262 @@
-// workload_api tests
+//! The Workload API over a real Unix socket, with the generated client.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use credence_agent::attest::matches;
+use credence_agent::generated::workload as pb;
+use credence_agent::generated::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use credence_agent::workload_api::{Provider, X509Material, serve};
+use credence_core::Selector;
+use tokio::sync::watch;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+struct Mem {
+    entries: Mutex<Vec<(Vec<Selector>, X509Material)>>,
+    tx: watch::Sender<u64>,
+}
+
+impl Mem {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(Vec::new()),
+            tx: watch::channel(0).0,
+        })
+    }
+    fn set(&self, entries: Vec<(Vec<Selector>, X509Material)>) {
+        *self.entries.lock().unwrap() = entries;
+        self.tx.send_modify(|v| *v += 1);
+    }
+}
+
+impl Provider for Mem {
+    fn x509_svids(&self, selectors: &[Selector]) -> Vec<X509Material> {
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(req, _)| matches(req, selectors))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+    fn x509_bundles(&self) -> HashMap<String, Vec<u8>> {
+        HashMap::from([("spiffe://example.org".to_owned(), vec![1, 2, 3])])
+    }
+    fn jwt_bundles(&self) -> HashMap<String, Vec<u8>> {
+        HashMap::from([(
+            "spiffe://example.org".to_owned(),
+            br#"{"keys":[]}"#.to_vec(),
+        )])
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+}
+
+fn material(id: &str, serial: u8) -> X509Material {
+    X509Material {
+        spiffe_id: id.to_owned(),
+        chain_der: vec![0x30, serial],
+        key_pkcs8: vec![0x30, 0x00],
+        bundle_der: vec![0x30, 0x01],
+        hint: String::new(),
+    }
+}
+
+fn sel(s: &str) -> Selector {
+    Selector::parse(s).unwrap()
+}
+
+fn my_uid() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+async fn start(
+    provider: Arc<Mem>,
+) -> (tempfile::TempDir, PathBuf, tokio::sync::oneshot::Sender<()>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let p = path.clone();
+    tokio::spawn(async move {
+        serve(&p, provider, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    for _ in 0..200 {
+        if path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (dir, path, stop)
+}
+
+async fn client(path: PathBuf) -> SpiffeWorkloadApiClient<Channel> {
+    let channel = Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn header_is_required() {
+    let (_d, path, _stop) = start(Mem::new()).await;
+    let mut c = client(path).await;
+    let e = c
+        .fetch_x509svid(tonic::Request::new(pb::X509svidRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("security header"));
+    let mut r = tonic::Request::new(pb::X509BundlesRequest {});
+    r.metadata_mut()
+        .insert("workload.spiffe.io", "false".parse().unwrap());
+    assert_eq!(
+        c.fetch_x509_bundles(r).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn unmatched_caller_is_denied() {
+    let mem = Mem::new();
+    mem.set(vec![(
+        vec![sel(&format!("unix:uid:{}", my_uid() + 1))],
+        material("spiffe://example.org/other", 1),
+    )]);
+    let (_d, path, _stop) = start(mem).await;
+    let mut c = client(path).await;
+    let mut s = c
+        .fetch_x509svid(with_header(pb::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = s.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn stream_pushes_rotation_and_revocation() {
+    let mem = Mem::new();
+    let uid = sel(&format!("unix:uid:{}", my_uid()));
+    let exe = std::env::current_exe().unwrap();
+    let by_path = sel(&format!("unix:path:{}", exe.display()));
+    mem.set(vec![
+        (vec![uid.clone()], material("spiffe://example.org/a", 1)),
+        (
+            vec![uid.clone(), by_path.clone()],
+            material("spiffe://example.org/b", 1),
+        ),
+        (
+            vec![uid.clone(), sel("unix:path:/not/this/binary")],
+            material("spiffe://example.org/c", 1),
+        ),
+    ]);
+    let (_d, path, _stop) = start(mem.clone()).await;
+    let mut c = client(path).await;
+    let mut s = c
+        .fetch_x509svid(with_header(pb::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.message().await.unwrap().unwrap();
+    let ids: Vec<&str> = first.svids.iter().map(|v| v.spiffe_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["spiffe://example.org/a", "spiffe://example.org/b"],
+        "all matching identities, no others"
+    );
+    assert_eq!(first.svids[0].x509_svid, vec![0x30, 1]);
+
+    // rotation reaches the open stream
+    let t = std::time::Instant::now();
+    mem.set(vec![(
+        vec![uid.clone()],
+        material("spiffe://example.org/a", 2),
+    )]);
+    let second = tokio::time::timeout(Duration::from_secs(2), s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(second.svids.len(), 1);
+    assert_eq!(second.svids[0].x509_svid, vec![0x30, 2]);
+
+    // bundles too
+    let mut b = c
+        .fetch_x509_bundles(with_header(pb::X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let bundles = b.message().await.unwrap().unwrap();
+    assert_eq!(bundles.bundles["spiffe://example.org"], vec![1, 2, 3]);
+    let mut j = c
+        .fetch_jwt_bundles(with_header(pb::JwtBundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        j.message()
+            .await
+            .unwrap()
+            .unwrap()
+            .bundles
+            .contains_key("spiffe://example.org")
+    );
+
+    // revocation: the identity is gone, the stream says so
+    mem.set(vec![]);
+    let e = tokio::time::timeout(Duration::from_secs(2), s.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn digest_selector_matches_the_running_binary() {
+    let mem = Mem::new();
+    let exe = std::env::current_exe().unwrap();
+    let digest = hex::encode(credence_ca::sha256(&std::fs::read(&exe).unwrap()));
+    mem.set(vec![(
+        vec![sel(&format!("unix:sha256:{digest}"))],
+        material("spiffe://example.org/d", 1),
+    )]);
+    let (_d, path, _stop) = start(mem).await;
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o666);
+    let mut c = client(path).await;
+    let mut s = c
+        .fetch_x509svid(with_header(pb::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        s.message().await.unwrap().unwrap().svids[0].spiffe_id,
+        "spiffe://example.org/d"
+    );
+}

@@ -1,0 +1,280 @@
+//! The SPIFFE Workload API served over a Unix socket.
+//!
+//! Every call must carry the `workload.spiffe.io: true` metadata (the
+//! SPIFFE Workload API's guard against browsers and proxies). The caller is
+//! attested from the socket's peer credentials ([`crate::attest`]); a caller
+//! that matches no identity gets `PermissionDenied`. Streams push a new
+//! message whenever the [`Provider`] signals a change (rotation,
+//! registration change, revocation) and end when the client goes away.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use credence_core::Selector;
+
+use crate::attest::{Attestor, PeerCred};
+use crate::generated::workload as pb;
+use crate::generated::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+
+/// The metadata key every Workload API call must carry with value `true`.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// One X509-SVID ready for a workload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct X509Material {
+    pub spiffe_id: String,
+    /// Leaf first, then intermediates, DER concatenated.
+    pub chain_der: Vec<u8>,
+    /// PKCS#8 DER.
+    pub key_pkcs8: Vec<u8>,
+    /// The trust domain's CA certificates, DER concatenated.
+    pub bundle_der: Vec<u8>,
+    pub hint: String,
+}
+
+impl std::fmt::Debug for X509Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509Material")
+            .field("spiffe_id", &self.spiffe_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the Workload API gets credentials from (the agent's cache).
+pub trait Provider: Send + Sync + 'static {
+    /// X509-SVIDs of every identity whose selectors the workload matches.
+    fn x509_svids(&self, selectors: &[Selector]) -> Vec<X509Material>;
+    /// X.509 bundles (concatenated DER) by trust domain ID (`spiffe://td`).
+    fn x509_bundles(&self) -> HashMap<String, Vec<u8>>;
+    /// JWKS documents by trust domain ID.
+    fn jwt_bundles(&self) -> HashMap<String, Vec<u8>>;
+    /// CRLs (DER) to hand to workloads.
+    fn crls(&self) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    /// Bumped on every change of what the methods above return.
+    fn changes(&self) -> watch::Receiver<u64>;
+}
+
+/// The Workload API service.
+pub struct WorkloadApi<P> {
+    provider: Arc<P>,
+    attestor: Arc<Attestor>,
+}
+
+impl<P: Provider> WorkloadApi<P> {
+    pub fn new(provider: Arc<P>) -> Self {
+        Self {
+            provider,
+            attestor: Arc::new(Attestor::new()),
+        }
+    }
+
+    pub fn into_server(self) -> SpiffeWorkloadApiServer<Self> {
+        SpiffeWorkloadApiServer::new(self)
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(SECURITY_HEADER) {
+        Some(v) if v.as_bytes() == b"true" => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> Result<PeerCred, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .ok_or_else(|| Status::permission_denied("the caller's credentials are unavailable"))?;
+    Ok(PeerCred {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Streams `compute()` now and after every change, skipping repeats, until
+/// the client goes away. `compute` returning an error ends the stream.
+fn watch_stream<T, F>(mut changes: watch::Receiver<u64>, compute: F) -> BoxStream<T>
+where
+    T: Clone + PartialEq + Send + 'static,
+    F: Fn() -> Result<T, Status> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<T, Status>>(4);
+    tokio::spawn(async move {
+        let mut last: Option<T> = None;
+        loop {
+            match compute() {
+                Ok(v) => {
+                    if last.as_ref() != Some(&v) {
+                        last = Some(v.clone());
+                        if tx.send(Ok(v)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(s) => {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
+    type FetchX509SVIDStream = BoxStream<pb::X509svidResponse>;
+    type FetchX509BundlesStream = BoxStream<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = BoxStream<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        check_header(&req)?;
+        let selectors = self
+            .attestor
+            .selectors(peer(&req)?)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let provider = self.provider.clone();
+        let changes = provider.changes();
+        let stream = watch_stream(changes, move || {
+            let svids = provider.x509_svids(&selectors);
+            if svids.is_empty() {
+                return Err(Status::permission_denied(
+                    "no identity issued to this workload",
+                ));
+            }
+            Ok(pb::X509svidResponse {
+                svids: svids
+                    .into_iter()
+                    .map(|m| pb::X509svid {
+                        spiffe_id: m.spiffe_id,
+                        x509_svid: m.chain_der,
+                        x509_svid_key: m.key_pkcs8,
+                        bundle: m.bundle_der,
+                        hint: m.hint,
+                    })
+                    .collect(),
+                crl: provider.crls(),
+                federated_bundles: HashMap::new(),
+            })
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_header(&req)?;
+        // bundles are public, but only attested workloads may ask
+        let selectors = self
+            .attestor
+            .selectors(peer(&req)?)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let provider = self.provider.clone();
+        let stream = watch_stream(provider.changes(), move || {
+            if provider.x509_svids(&selectors).is_empty() {
+                return Err(Status::permission_denied(
+                    "no identity issued to this workload",
+                ));
+            }
+            Ok(pb::X509BundlesResponse {
+                bundles: provider.x509_bundles(),
+            })
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_header(&req)?;
+        let selectors = self
+            .attestor
+            .selectors(peer(&req)?)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let provider = self.provider.clone();
+        let stream = watch_stream(provider.changes(), move || {
+            if provider.x509_svids(&selectors).is_empty() {
+                return Err(Status::permission_denied(
+                    "no identity issued to this workload",
+                ));
+            }
+            Ok(pb::JwtBundlesResponse {
+                bundles: provider.jwt_bundles(),
+            })
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(
+            "JWT-SVIDs through the Workload API need the agent-server link (not built yet)",
+        ))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        Err(Status::unimplemented(
+            "JWT-SVID validation through the Workload API is not built yet",
+        ))
+    }
+}
+
+/// Serves the Workload API on a Unix socket at `path` until `shutdown`
+/// resolves. A stale socket file is replaced. The socket is made
+/// connectable by every local user (0666): access is decided by attestation
+/// of the caller, not by file permissions; keep its directory writable by
+/// the agent only, so the socket cannot be replaced.
+pub async fn serve<P: Provider>(
+    path: &Path,
+    provider: Arc<P>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), std::io::Error> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let incoming = UnixListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(WorkloadApi::new(provider).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(std::io::Error::other);
+    let _ = std::fs::remove_file(path);
+    result
+}
