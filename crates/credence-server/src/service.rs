@@ -119,6 +119,9 @@ pub struct Service {
     /// Write-through cache of identities by SPIFFE ID, for the issuance hot path.
     identities: RwLock<HashMap<SpiffeId, Arc<Identity>>>,
     crl: Mutex<Option<CachedCrl>>,
+    /// Bumped after every committed identity change, revocation and CA
+    /// rotation, so agents can refresh at once instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn audit(
@@ -188,7 +191,18 @@ impl Service {
             authority: RwLock::new(Arc::new(auth)),
             identities: RwLock::new(HashMap::new()),
             crl: Mutex::new(None),
+            changes: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// A receiver that changes after every identity change, revocation and
+    /// CA rotation.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn authority(&self) -> Arc<Authority> {
@@ -245,6 +259,7 @@ impl Service {
         if let Ok(mut c) = self.crl.lock() {
             *c = None;
         }
+        self.changed();
         Ok(id)
     }
 
@@ -343,6 +358,7 @@ impl Service {
             )
             .await?;
         self.cache_put(&identity);
+        self.changed();
         Ok(identity)
     }
 
@@ -426,6 +442,7 @@ impl Service {
             )
             .await?;
         self.cache_put(&identity);
+        self.changed();
         Ok(identity)
     }
 
@@ -451,6 +468,7 @@ impl Service {
             )
             .await?;
         self.cache_drop(&identity.spiffe_id);
+        self.changed();
         Ok(())
     }
 
@@ -701,6 +719,7 @@ impl Service {
                 *c = None;
             }
         }
+        self.changed();
         Ok(out)
     }
 

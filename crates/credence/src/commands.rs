@@ -56,6 +56,23 @@ pub async fn dev(
     .map_err(cli_err)?;
     let bundle = running.service.authority().bundle_pem().to_owned();
     data.publish(&bundle, &running.base_url).map_err(cli_err)?;
+    // the in-process agent: SPIFFE Workload API on DIR/agent.sock
+    let agent = crate::dev_agent::DevAgent::new(running.service.clone());
+    tokio::spawn(agent.clone().run());
+    let sock = data.agent_sock();
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = {
+        let sock = sock.clone();
+        tokio::spawn(async move {
+            if let Err(e) = credence_agent::workload_api::serve(&sock, agent, async {
+                let _ = agent_stopped.await;
+            })
+            .await
+            {
+                tracing::error!(error = %e, socket = %sock.display(), "Workload API stopped");
+            }
+        })
+    };
     let abs = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
     let d = abs.display();
     let url = &running.base_url;
@@ -66,13 +83,18 @@ pub async fn dev(
     println!("  OIDC:         {url}/.well-known/openid-configuration");
     println!("  Admin token:  {d}/admin.token");
     println!("  Database:     {d}/credence.db");
+    println!("  Workload API: {d}/agent.sock");
     println!();
     println!("Use it from another shell:");
     println!("  export CREDENCE_ADDR={url}");
     println!("  export CREDENCE_TOKEN=$(cat {d}/admin.token)");
     println!("  # or pass --data-dir {d} to any admin command");
+    println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{d}/agent.sock");
     let _ = std::io::stdout().flush();
-    serve_until_signal(running).await
+    let r = serve_until_signal(running).await;
+    let _ = stop_agent.send(());
+    let _ = agent_task.await;
+    r
 }
 
 pub async fn server(config: &Path) -> Result<(), CliError> {

@@ -4,6 +4,7 @@ mod audit_cmd;
 mod bench;
 mod client;
 mod commands;
+mod dev_agent;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

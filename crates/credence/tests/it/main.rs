@@ -9,3 +9,4 @@ mod http;
 mod interop;
 mod lifecycle;
 mod support;
+mod workload;
