@@ -84,6 +84,24 @@ impl<P: Provider> WorkloadApi<P> {
     pub fn into_server(self) -> SpiffeWorkloadApiServer<Self> {
         SpiffeWorkloadApiServer::new(self)
     }
+
+    /// The security header must be present; the caller's selectors.
+    fn attest<T>(&self, req: &Request<T>) -> Result<Vec<Selector>, Status> {
+        check_header(req)?;
+        self.attestor
+            .selectors(peer(req)?)
+            .map_err(|e| Status::permission_denied(e.to_string()))
+    }
+}
+
+fn entitled<P: Provider>(provider: &P, selectors: &[Selector]) -> Result<(), Status> {
+    if provider.x509_svids(selectors).is_empty() {
+        Err(Status::permission_denied(
+            "no identity issued to this workload",
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
@@ -154,11 +172,7 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        check_header(&req)?;
-        let selectors = self
-            .attestor
-            .selectors(peer(&req)?)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let selectors = self.attest(&req)?;
         let provider = self.provider.clone();
         let changes = provider.changes();
         let stream = watch_stream(changes, move || {
@@ -190,19 +204,11 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
         &self,
         req: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        check_header(&req)?;
         // bundles are public, but only attested workloads may ask
-        let selectors = self
-            .attestor
-            .selectors(peer(&req)?)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let selectors = self.attest(&req)?;
         let provider = self.provider.clone();
         let stream = watch_stream(provider.changes(), move || {
-            if provider.x509_svids(&selectors).is_empty() {
-                return Err(Status::permission_denied(
-                    "no identity issued to this workload",
-                ));
-            }
+            entitled(provider.as_ref(), &selectors)?;
             Ok(pb::X509BundlesResponse {
                 bundles: provider.x509_bundles(),
             })
@@ -214,18 +220,10 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
         &self,
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        check_header(&req)?;
-        let selectors = self
-            .attestor
-            .selectors(peer(&req)?)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let selectors = self.attest(&req)?;
         let provider = self.provider.clone();
         let stream = watch_stream(provider.changes(), move || {
-            if provider.x509_svids(&selectors).is_empty() {
-                return Err(Status::permission_denied(
-                    "no identity issued to this workload",
-                ));
-            }
+            entitled(provider.as_ref(), &selectors)?;
             Ok(pb::JwtBundlesResponse {
                 bundles: provider.jwt_bundles(),
             })

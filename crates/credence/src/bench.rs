@@ -407,23 +407,7 @@ async fn http_stage(
     // 3. HTTP
     let dir2 = tempfile::tempdir().map_err(err)?;
     let token = "bench-admin-token-0123456789";
-    let running = runtime::start(Options {
-        trust_domain: td.clone(),
-        listen: "127.0.0.1:0".parse().map_err(err)?,
-        db_path: dir2.path().join("bench.db"),
-        durability,
-        kek: zeroize::Zeroizing::new(vec![9u8; 32]),
-        admin_token: zeroize::Zeroizing::new(token.to_owned()),
-        tls: None,
-        public_url: None,
-        lifetimes: CaLifetimes::default(),
-        policy: IssuancePolicy::default(),
-        clock: Arc::new(SystemClock),
-        rng: Arc::new(credence_ca::SystemRandom),
-        checkpoint_interval: Duration::from_secs(1),
-    })
-    .await
-    .map_err(err)?;
+    let running = start_server(td, &dir2.path().join("bench.db"), durability, token).await?;
     register(&running.service, id).await?;
     let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
         csrs.iter()
@@ -495,6 +479,32 @@ async fn http_stage(
     running.shutdown().await.map_err(err)?;
     eprintln!("  (server shutdown took {:.1}s)", t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A plain-HTTP loopback server on a bench database.
+async fn start_server(
+    td: &TrustDomain,
+    db_path: &std::path::Path,
+    durability: Durability,
+    token: &str,
+) -> Result<runtime::Running, CliError> {
+    runtime::start(Options {
+        trust_domain: td.clone(),
+        listen: "127.0.0.1:0".parse().map_err(err)?,
+        db_path: db_path.to_path_buf(),
+        durability,
+        kek: zeroize::Zeroizing::new(vec![9u8; 32]),
+        admin_token: zeroize::Zeroizing::new(token.to_owned()),
+        tls: None,
+        public_url: None,
+        lifetimes: CaLifetimes::default(),
+        policy: IssuancePolicy::default(),
+        clock: Arc::new(SystemClock),
+        rng: Arc::new(credence_ca::SystemRandom),
+        checkpoint_interval: Duration::from_secs(1),
+    })
+    .await
+    .map_err(err)
 }
 
 fn report(name: &str, s: &Stage, floor: f64) {
@@ -755,23 +765,13 @@ async fn audit_bench(
 
     // 6. the same through the server, as `credence audit verify` does it
     let token = "bench-admin-token-0123456789";
-    let running = runtime::start(Options {
-        trust_domain: TrustDomain::new("bench.example").map_err(err)?,
-        listen: "127.0.0.1:0".parse().map_err(err)?,
-        db_path: dir.path().join("audit.db"),
+    let running = start_server(
+        &TrustDomain::new("bench.example").map_err(err)?,
+        &dir.path().join("audit.db"),
         durability,
-        kek: zeroize::Zeroizing::new(vec![9u8; 32]),
-        admin_token: zeroize::Zeroizing::new(token.to_owned()),
-        tls: None,
-        public_url: None,
-        lifetimes: CaLifetimes::default(),
-        policy: IssuancePolicy::default(),
-        clock: Arc::new(SystemClock),
-        rng: Arc::new(credence_ca::SystemRandom),
-        checkpoint_interval: Duration::from_secs(1),
-    })
-    .await
-    .map_err(err)?;
+        token,
+    )
+    .await?;
     let client = crate::client::Client::new(
         Some(running.base_url.clone()),
         Some(token.to_owned()),

@@ -16,6 +16,21 @@ async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, S
     Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
 }
 
+/// Appends `audit` to the log inside `tx` and commits; the in-memory
+/// frontier moves only once the commit succeeded.
+async fn commit_with(
+    mut tx: Transaction<'_, Sqlite>,
+    log: &mut credence_audit::CompactRange,
+    audit: &AuditRecord,
+) -> Result<u64, StoreError> {
+    let mut staged = Staged::new(log);
+    let idx = staged.push(audit)?;
+    staged.write(&mut tx).await?;
+    tx.commit().await?;
+    *log = staged.log;
+    Ok(idx)
+}
+
 async fn exists(
     conn: &mut SqliteConnection,
     sql: &'static str,
@@ -97,11 +112,7 @@ pub(crate) async fn create_identity(
     .execute(&mut *tx)
     .await?;
     insert_labels(&mut tx, &identity).await?;
-    let mut staged = Staged::new(&ctx.log);
-    staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
+    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(())
 }
 
@@ -146,11 +157,7 @@ pub(crate) async fn update_identity(
         .execute(&mut *tx)
         .await?;
     insert_labels(&mut tx, &identity).await?;
-    let mut staged = Staged::new(&ctx.log);
-    staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
+    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(())
 }
 
@@ -175,11 +182,7 @@ pub(crate) async fn delete_identity(
     if done.rows_affected() == 0 {
         return Err(identity_not_found(&id));
     }
-    let mut staged = Staged::new(&ctx.log);
-    staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
+    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(())
 }
 
@@ -218,11 +221,7 @@ pub(crate) async fn revoke_serial(
     .bind(serial.as_str())
     .execute(&mut *tx)
     .await?;
-    let mut staged = Staged::new(&ctx.log);
-    staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
+    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(rows::revoked_entry(&cred, at, reason))
 }
 
@@ -259,11 +258,7 @@ pub(crate) async fn revoke_identity_credentials(
         }
     }
     entries.sort_by(|a, b| a.serial.cmp(&b.serial));
-    let mut staged = Staged::new(&ctx.log);
-    staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
+    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(entries)
 }
 
@@ -305,11 +300,7 @@ pub(crate) async fn save_ca(
     .bind(ts(ca.created_at))
     .execute(&mut *tx)
     .await?;
-    let mut staged = Staged::new(&ctx.log);
-    staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
+    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(())
 }
 
@@ -328,11 +319,7 @@ pub(crate) async fn set_ca_active(
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("CA {id} not found")));
     }
-    let mut staged = Staged::new(&ctx.log);
-    staged.push(&audit)?;
-    staged.write(&mut tx).await?;
-    tx.commit().await?;
-    ctx.log = staged.log;
+    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(())
 }
 
