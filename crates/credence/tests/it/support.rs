@@ -206,7 +206,13 @@ pub mod reqwest {
                         .enable_all()
                         .build()
                         .unwrap(),
-                    client: ::reqwest::Client::new(),
+                    // a fresh connection per request: the server rightly
+                    // closes a connection after refusing an oversized body,
+                    // and a pooled client could reuse it before noticing
+                    client: ::reqwest::Client::builder()
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap(),
                 }
             }
 
