@@ -13,7 +13,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::transport::server::UdsConnectInfo;
@@ -26,6 +26,7 @@ use crate::generated::workload as pb;
 use crate::generated::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
+use crate::h2_authority::AuthorityFix;
 
 /// The metadata key every Workload API call must carry with value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -267,7 +268,8 @@ pub async fn serve<P: Provider>(
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    let incoming = UnixListenerStream::new(listener);
+    // grpc C-core clients send an `:authority` h2 would reject.
+    let incoming = UnixListenerStream::new(listener).map(|r| r.map(AuthorityFix::new));
     let result = tonic::transport::Server::builder()
         .add_service(WorkloadApi::new(provider).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -15,19 +15,19 @@ use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-struct Mem {
+pub(crate) struct Mem {
     entries: Mutex<Vec<(Vec<Selector>, X509Material)>>,
     tx: watch::Sender<u64>,
 }
 
 impl Mem {
-    fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             entries: Mutex::new(Vec::new()),
             tx: watch::channel(0).0,
         })
     }
-    fn set(&self, entries: Vec<(Vec<Selector>, X509Material)>) {
+    pub(crate) fn set(&self, entries: Vec<(Vec<Selector>, X509Material)>) {
         *self.entries.lock().unwrap() = entries;
         self.tx.send_modify(|v| *v += 1);
     }
@@ -57,7 +57,7 @@ impl Provider for Mem {
     }
 }
 
-fn material(id: &str, serial: u8) -> X509Material {
+pub(crate) fn material(id: &str, serial: u8) -> X509Material {
     X509Material {
         spiffe_id: id.to_owned(),
         chain_der: vec![0x30, serial],
@@ -67,15 +67,15 @@ fn material(id: &str, serial: u8) -> X509Material {
     }
 }
 
-fn sel(s: &str) -> Selector {
+pub(crate) fn sel(s: &str) -> Selector {
     Selector::parse(s).unwrap()
 }
 
-fn my_uid() -> u32 {
+pub(crate) fn my_uid() -> u32 {
     std::fs::metadata("/proc/self").unwrap().uid()
 }
 
-async fn start(
+pub(crate) async fn start(
     provider: Arc<Mem>,
 ) -> (tempfile::TempDir, PathBuf, tokio::sync::oneshot::Sender<()>) {
     let dir = tempfile::tempdir().unwrap();
