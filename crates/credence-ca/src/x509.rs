@@ -608,3 +608,47 @@ mod tests {
         parsed.verify_signature(ic.public_key()).unwrap();
     }
 }
+
+/// What an X509-SVID leaf (DER) says about itself.
+#[derive(Clone, Debug)]
+pub struct SvidInfo {
+    pub spiffe_id: SpiffeId,
+    /// Lowercase hex, as [`Serial::to_hex`] writes it.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// Reads the SPIFFE ID (its one URI SAN), serial and expiry of an
+/// X509-SVID. Does not verify anything: callers verify the chain first.
+pub fn svid_info(leaf_der: &[u8]) -> Result<SvidInfo, CaError> {
+    let bad = |m: String| CaError::Certificate(m);
+    let (rest, cert) =
+        X509Certificate::from_der(leaf_der).map_err(|e| bad(format!("malformed DER: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the certificate".into()));
+    }
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(format!("subject alternative name: {e}")))?
+        .ok_or_else(|| bad("no subject alternative name".into()))?;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let (Some(uri), None) = (uris.next(), uris.next()) else {
+        return Err(bad("an X509-SVID has exactly one URI SAN".into()));
+    };
+    let spiffe_id = SpiffeId::parse(uri).map_err(|e| bad(e.to_string()))?;
+    let raw = cert.raw_serial();
+    let trimmed = match raw {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+        .map_err(|e| bad(format!("notAfter: {e}")))?;
+    Ok(SvidInfo {
+        spiffe_id,
+        serial: hex::encode(trimmed),
+        not_after,
+    })
+}

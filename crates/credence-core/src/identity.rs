@@ -318,6 +318,10 @@ pub struct Identity {
     pub description: String,
     pub labels: Labels,
     pub selectors: Vec<Selector>,
+    /// Nodes whose agents may hand this identity to workloads; empty means
+    /// every node.
+    #[serde(default)]
+    pub nodes: Vec<crate::NodeId>,
     /// Upper bound on the lifetime of any credential issued to this identity.
     pub max_ttl_seconds: Option<u32>,
     pub status: IdentityStatus,

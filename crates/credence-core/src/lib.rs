@@ -5,6 +5,8 @@
 //! - [`Identity`]: a registered non-human identity (workload, service, bot,
 //!   AI agent, device, CI job, service account) with an accountable owner,
 //!   labels, workload selectors and a credential lifetime cap.
+//! - [`Node`] and [`JoinToken`]: attested machines running an agent, and
+//!   the one-time tokens that let them join.
 //! - [`Serial`] and [`RevocationReason`]: credential bookkeeping.
 //! - [`Clock`] and [`Random`]: time and randomness are injected so expiry,
 //!   rotation and identifiers are testable.
@@ -29,11 +31,13 @@ macro_rules! string_serde {
 mod clock;
 mod credential;
 mod identity;
+mod node;
 mod spiffe;
 
 pub use clock::{Clock, CountingRandom, ManualClock, Random, SystemClock};
 pub use credential::{RevocationReason, Serial};
 pub use identity::{Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, Selector};
+pub use node::{JoinToken, Node, NodeId, NodeStatus};
 pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};
 
 /// Errors from parsing outside data into core types.

@@ -85,6 +85,7 @@ pub struct IssuanceSection {
     pub jwt_default_ttl: Option<String>,
     pub jwt_max_ttl: Option<String>,
     pub crl_lifetime: Option<String>,
+    pub agent_svid_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +180,11 @@ impl ServerConfig {
             jwt_max_ttl: opt_duration("issuance.jwt_max_ttl", &i.jwt_max_ttl, p.jwt_max_ttl)?,
             crl_lifetime: opt_duration("issuance.crl_lifetime", &i.crl_lifetime, p.crl_lifetime)?,
             backdate: p.backdate,
+            agent_svid_ttl: opt_duration(
+                "issuance.agent_svid_ttl",
+                &i.agent_svid_ttl,
+                p.agent_svid_ttl,
+            )?,
         };
         std::fs::create_dir_all(&self.data_dir)
             .map_err(|e| cfg_err(format!("data_dir {}: {e}", self.data_dir.display())))?;

@@ -7,6 +7,8 @@
 //! and the admin API under `/v1/`, which needs the admin bearer token.
 //! [`runtime`] starts a server (TLS, or plain HTTP on loopback for dev mode)
 //! with graceful shutdown. [`config`] reads the production config file.
+//! [`nodes`] attests node agents (join tokens), authenticates them by their
+//! SVID and decides what each node's agent may fetch for its workloads.
 //!
 //! Errors become HTTP statuses in exactly one place, [`ServerError`]'s
 //! `IntoResponse`, which always answers `{"error": code, "message": text}`.
@@ -16,6 +18,7 @@ pub mod audit_log;
 pub mod authority;
 pub mod config;
 mod error;
+pub mod nodes;
 pub mod runtime;
 pub mod service;
 

@@ -12,7 +12,7 @@ use time::{Duration, OffsetDateTime};
 use credence_ca::x509::{CheckedCsr, CrlEntry, LeafKey, certs_to_pem};
 use credence_ca::{Audience, JwtSvidClaims, KeyWrapper, SoftwareKey, sha256};
 use credence_core::{
-    Clock, Identity, IdentityId, IdentityStatus, Random, RevocationReason, Serial, SpiffeId,
+    Clock, Identity, IdentityId, IdentityStatus, NodeId, Random, RevocationReason, Serial, SpiffeId,
 };
 use credence_store::{
     AuditRecord, CredentialKind, IdentityFilter, IssuedCredential, Page, RevokedEntry, Store,
@@ -32,6 +32,8 @@ pub struct IssuancePolicy {
     pub backdate: Duration,
     /// Lifetime of a CRL (`nextUpdate - thisUpdate`).
     pub crl_lifetime: Duration,
+    /// Lifetime of a node agent's own X509-SVID (renewed at half-life).
+    pub agent_svid_ttl: Duration,
 }
 
 impl Default for IssuancePolicy {
@@ -43,6 +45,7 @@ impl Default for IssuancePolicy {
             jwt_max_ttl: Duration::hours(1),
             backdate: Duration::seconds(10),
             crl_lifetime: Duration::hours(1),
+            agent_svid_ttl: Duration::hours(1),
         }
     }
 }
@@ -124,7 +127,27 @@ pub struct Service {
     changes: tokio::sync::watch::Sender<u64>,
 }
 
-fn audit(
+/// Who an X509-SVID or JWT-SVID is for, once it may be issued.
+pub(crate) struct Subject<'a> {
+    pub identity_id: &'a IdentityId,
+    pub spiffe_id: &'a SpiffeId,
+    pub max_ttl_seconds: Option<u32>,
+    /// The node whose agent asked (evicting it revokes the credential).
+    pub node: Option<&'a NodeId>,
+}
+
+impl<'a> Subject<'a> {
+    pub(crate) fn of(identity: &'a Identity, node: Option<&'a NodeId>) -> Self {
+        Self {
+            identity_id: &identity.id,
+            spiffe_id: &identity.spiffe_id,
+            max_ttl_seconds: identity.max_ttl_seconds,
+            node,
+        }
+    }
+}
+
+pub(crate) fn audit(
     actor: &Actor,
     now: OffsetDateTime,
     action: &str,
@@ -201,7 +224,7 @@ impl Service {
         self.changes.subscribe()
     }
 
-    fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -338,6 +361,7 @@ impl Service {
             description: new.description.unwrap_or_default(),
             labels: new.labels.unwrap_or_default(),
             selectors: new.selectors.unwrap_or_default(),
+            nodes: new.nodes.unwrap_or_default(),
             max_ttl_seconds: new.max_ttl_seconds,
             status: IdentityStatus::Active,
             created_at: now,
@@ -409,6 +433,10 @@ impl Service {
             identity.selectors = s;
             changed.push("selectors");
         }
+        if let Some(n) = change.nodes {
+            identity.nodes = n;
+            changed.push("nodes");
+        }
         if let Some(t) = change.max_ttl_seconds {
             check_ttl(t)?;
             identity.max_ttl_seconds = t;
@@ -475,7 +503,7 @@ impl Service {
     // ---- issuance ----
 
     /// A credential serial (also used as JWT `jti`): time prefix + 80 random bits.
-    fn new_serial(&self, now: OffsetDateTime) -> Serial {
+    pub(crate) fn new_serial(&self, now: OffsetDateTime) -> Serial {
         let mut r = [0u8; 10];
         self.rng.fill(&mut r);
         let ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
@@ -483,7 +511,10 @@ impl Service {
     }
 
     /// The identity must exist and be active.
-    async fn issuable(&self, spiffe_id: &SpiffeId) -> Result<Arc<Identity>, ServerError> {
+    pub(crate) async fn issuable(
+        &self,
+        spiffe_id: &SpiffeId,
+    ) -> Result<Arc<Identity>, ServerError> {
         let identity = self.identity_for(spiffe_id).await?;
         if identity.status != IdentityStatus::Active {
             return Err(ServerError::Forbidden(
@@ -499,7 +530,7 @@ impl Service {
         requested: Option<Duration>,
         default: Duration,
         max: Duration,
-        identity: &Identity,
+        cap_seconds: Option<u32>,
     ) -> Result<Duration, ServerError> {
         if let Some(r) = requested
             && r <= Duration::ZERO
@@ -507,7 +538,7 @@ impl Service {
             return Err(ServerError::bad("invalid_ttl", "ttl must be positive"));
         }
         let mut ttl = requested.unwrap_or(default).min(max);
-        if let Some(cap) = identity.max_ttl_seconds {
+        if let Some(cap) = cap_seconds {
             ttl = ttl.min(Duration::seconds(i64::from(cap)));
         }
         Ok(ttl)
@@ -541,11 +572,24 @@ impl Service {
         ttl: Option<Duration>,
     ) -> Result<X509Svid, ServerError> {
         let identity = self.issuable(spiffe_id).await?;
+        self.sign_x509(actor, Subject::of(&identity, None), key, ttl)
+            .await
+    }
+
+    /// Signs and records an X509-SVID for `subject` (already found issuable).
+    pub(crate) async fn sign_x509(
+        &self,
+        actor: &Actor,
+        subject: Subject<'_>,
+        key: &LeafKey,
+        ttl: Option<Duration>,
+    ) -> Result<X509Svid, ServerError> {
+        let spiffe_id = subject.spiffe_id;
         let ttl = self.effective_ttl(
             ttl,
             self.policy.x509_default_ttl,
             self.policy.x509_max_ttl,
-            &identity,
+            subject.max_ttl_seconds,
         )?;
         let auth = self.authority();
         let now = self.clock.now();
@@ -559,20 +603,19 @@ impl Service {
         let cred = IssuedCredential {
             kind: CredentialKind::X509,
             serial: serial.to_hex(),
-            identity_id: identity.id.clone(),
+            identity_id: subject.identity_id.clone(),
             spiffe_id: spiffe_id.clone(),
             issuer: auth.intermediate_id.clone(),
             not_before: not_before.max(auth.intermediate.not_before),
             not_after,
             key_fingerprint: Some(fingerprint.clone()),
+            node_id: subject.node.cloned(),
         };
-        let mut rec = audit(
-            actor,
-            now,
-            "x509.issue",
-            spiffe_id.as_str(),
-            json!({"issuer": auth.intermediate_id}),
-        );
+        let detail = match subject.node {
+            Some(n) => json!({"issuer": auth.intermediate_id, "node": n}),
+            None => json!({"issuer": auth.intermediate_id}),
+        };
+        let mut rec = audit(actor, now, "x509.issue", spiffe_id.as_str(), detail);
         rec.issuance = Some(credence_store::AuditIssuance {
             serial: cred.serial.clone(),
             spiffe_id: spiffe_id.to_string(),
@@ -616,6 +659,20 @@ impl Service {
         audience: &[String],
         ttl: Option<Duration>,
     ) -> Result<JwtSvid, ServerError> {
+        let identity = self.issuable(spiffe_id).await?;
+        self.sign_jwt(actor, Subject::of(&identity, None), audience, ttl)
+            .await
+    }
+
+    /// Signs and records a JWT-SVID for `subject` (already found issuable).
+    pub(crate) async fn sign_jwt(
+        &self,
+        actor: &Actor,
+        subject: Subject<'_>,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<JwtSvid, ServerError> {
+        let spiffe_id = subject.spiffe_id;
         if audience.is_empty() {
             return Err(ServerError::bad(
                 "missing_audience",
@@ -628,12 +685,11 @@ impl Service {
                 "audiences must be 1 to 32 non-empty strings of at most 512 bytes",
             ));
         }
-        let identity = self.issuable(spiffe_id).await?;
         let ttl = self.effective_ttl(
             ttl,
             self.policy.jwt_default_ttl,
             self.policy.jwt_max_ttl,
-            &identity,
+            subject.max_ttl_seconds,
         )?;
         let auth = self.authority();
         let now = self.clock.now();
@@ -650,12 +706,13 @@ impl Service {
         let cred = IssuedCredential {
             kind: CredentialKind::Jwt,
             serial: jti.clone(),
-            identity_id: identity.id.clone(),
+            identity_id: subject.identity_id.clone(),
             spiffe_id: spiffe_id.clone(),
             issuer: format!("jwt-{}", auth.jwt.kid()),
             not_before: now,
             not_after: exp,
             key_fingerprint: None,
+            node_id: subject.node.cloned(),
         };
         let rec = audit(
             actor,
@@ -713,14 +770,16 @@ impl Service {
                     .await?
             }
         };
-        if out.iter().any(|e| e.kind == CredentialKind::X509) {
-            // The next /crl call re-signs.
-            if let Ok(mut c) = self.crl.lock() {
-                *c = None;
-            }
+        self.revocations_changed();
+        Ok(out)
+    }
+
+    /// After a revocation: the next /crl call re-signs, agents refresh.
+    pub(crate) fn revocations_changed(&self) {
+        if let Ok(mut c) = self.crl.lock() {
+            *c = None;
         }
         self.changed();
-        Ok(out)
     }
 
     pub async fn is_revoked(&self, serial: &str) -> Result<bool, ServerError> {
@@ -858,6 +917,9 @@ pub struct NewIdentity {
     pub labels: Option<credence_core::Labels>,
     #[serde(default)]
     pub selectors: Option<Vec<credence_core::Selector>>,
+    /// Nodes whose agents may serve it (default: every node).
+    #[serde(default)]
+    pub nodes: Option<Vec<NodeId>>,
     #[serde(default)]
     pub max_ttl_seconds: Option<u32>,
 }
@@ -877,6 +939,8 @@ pub struct IdentityUpdate {
     pub labels: Option<credence_core::Labels>,
     #[serde(default)]
     pub selectors: Option<Vec<credence_core::Selector>>,
+    #[serde(default)]
+    pub nodes: Option<Vec<NodeId>>,
     #[serde(default, with = "double_option")]
     pub max_ttl_seconds: Option<Option<u32>>,
     #[serde(default)]

@@ -42,7 +42,7 @@ mod error;
 mod sqlite;
 
 use credence_core::{
-    Identity, IdentityId, IdentityKind, IdentityStatus, RevocationReason, SpiffeId,
+    Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Node, RevocationReason, SpiffeId,
 };
 use time::OffsetDateTime;
 
@@ -125,6 +125,10 @@ pub struct IssuedCredential {
     pub not_after: OffsetDateTime,
     /// sha256 hex of the SPKI, for X.509.
     pub key_fingerprint: Option<String>,
+    /// The node whose agent asked for it; evicting the node revokes it.
+    /// For an agent's own SVID this is that node (and `identity_id` holds
+    /// the node id too).
+    pub node_id: Option<credence_core::NodeId>,
 }
 
 /// A revoked credential.
@@ -254,6 +258,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<RevokedEntry>, StoreError>;
     /// False for an unknown serial.
     async fn is_revoked(&self, serial: &str) -> Result<bool, StoreError>;
+    /// The revoked ones among `serials` (unknown serials are not revoked).
+    async fn revoked_among(&self, serials: &[String]) -> Result<Vec<String>, StoreError>;
     async fn get_credential(
         &self,
         serial: &str,
@@ -261,6 +267,47 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes credential rows (revoked or not) whose `not_after < before`;
     /// returns how many. Housekeeping.
     async fn prune_expired(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    // nodes
+
+    /// Stores a new join token (its hash). Conflict on a duplicate hash or id.
+    async fn create_join_token(
+        &self,
+        token: &JoinToken,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Spends the join token with this hash and creates `node`, atomically.
+    /// NotFound for an unknown hash, Conflict if already used, BadArgument
+    /// if expired at `at`; nothing is written then.
+    async fn redeem_join_token(
+        &self,
+        hash: &str,
+        at: OffsetDateTime,
+        node: &Node,
+        audit: AuditRecord,
+    ) -> Result<JoinToken, StoreError>;
+    async fn get_join_token(&self, id: &str) -> Result<Option<JoinToken>, StoreError>;
+    async fn get_node(&self, id: &credence_core::NodeId) -> Result<Option<Node>, StoreError>;
+    /// Ordered by (created_at, id).
+    async fn list_nodes(&self) -> Result<Vec<Node>, StoreError>;
+    /// Records the agent's current SVID (after attestation or renewal).
+    /// NotFound if absent.
+    async fn set_node_svid(
+        &self,
+        id: &credence_core::NodeId,
+        serial: &str,
+        not_after: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Marks the node evicted and revokes every unexpired credential issued
+    /// through it (its agent's SVIDs included), in one transaction; returns
+    /// the newly revoked entries. NotFound if absent.
+    async fn evict_node(
+        &self,
+        id: &credence_core::NodeId,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<Vec<RevokedEntry>, StoreError>;
 
     // CA material
 

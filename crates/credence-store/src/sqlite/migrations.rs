@@ -23,6 +23,11 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit log",
         include_str!("../../migrations/sqlite/0002_audit_log.sql"),
     ),
+    (
+        3,
+        "nodes",
+        include_str!("../../migrations/sqlite/0003_nodes.sql"),
+    ),
 ];
 
 pub(crate) fn migrator() -> Migrator {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use credence_core::{Identity, IdentityId, RevocationReason, SpiffeId};
+use credence_core::{Identity, IdentityId, JoinToken, Node, RevocationReason, SpiffeId};
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, QueryBuilder};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use self::rows::{AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, ts};
+use self::rows::{AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, NODE_COLS, ts};
 pub use self::writer::GROUP_COMMIT_MAX;
 use self::writer::{BoxFuture, IssueRequest, Msg, WriteOp};
 use crate::{
@@ -382,6 +382,25 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
+    async fn revoked_among(&self, serials: &[String]) -> Result<Vec<String>, StoreError> {
+        self.check_open()?;
+        let mut out = Vec::new();
+        for chunk in serials.chunks(500) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT serial FROM credentials WHERE revoked_at IS NOT NULL AND serial IN (",
+            );
+            let mut list = qb.separated(", ");
+            for s in chunk {
+                list.push_bind(s.as_str());
+            }
+            qb.push(")");
+            let found: Vec<String> = qb.build_query_scalar().fetch_all(&self.read).await?;
+            out.extend(found);
+        }
+        out.sort();
+        Ok(out)
+    }
+
     async fn get_credential(
         &self,
         serial: &str,
@@ -398,6 +417,84 @@ impl Store for SqliteStore {
 
     async fn prune_expired(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         self.write(move |c| Box::pin(ops::prune_expired(c, before)))
+            .await
+    }
+
+    async fn create_join_token(
+        &self,
+        token: &JoinToken,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let token = token.clone();
+        self.write(move |c| Box::pin(ops::create_join_token(c, token, audit)))
+            .await
+    }
+
+    async fn redeem_join_token(
+        &self,
+        hash: &str,
+        at: OffsetDateTime,
+        node: &Node,
+        audit: AuditRecord,
+    ) -> Result<JoinToken, StoreError> {
+        let (hash, node) = (hash.to_owned(), node.clone());
+        self.write(move |c| Box::pin(ops::redeem_join_token(c, hash, at, node, audit)))
+            .await
+    }
+
+    async fn get_join_token(&self, id: &str) -> Result<Option<JoinToken>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(
+            "SELECT hash, id, created_at, expires_at, used_at, node_id FROM join_tokens \
+             WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::join_token).transpose()
+    }
+
+    async fn get_node(&self, id: &credence_core::NodeId) -> Result<Option<Node>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLS} FROM nodes WHERE id = ?"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::node).transpose()
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.check_open()?;
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {NODE_COLS} FROM nodes ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.read)
+        .await?;
+        found.iter().map(rows::node).collect()
+    }
+
+    async fn set_node_svid(
+        &self,
+        id: &credence_core::NodeId,
+        serial: &str,
+        not_after: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let (id, serial) = (id.clone(), serial.to_owned());
+        self.write(move |c| Box::pin(ops::set_node_svid(c, id, serial, not_after, at)))
+            .await
+    }
+
+    async fn evict_node(
+        &self,
+        id: &credence_core::NodeId,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
+        let id = id.clone();
+        self.write(move |c| Box::pin(ops::evict_node(c, id, at, audit)))
             .await
     }
 

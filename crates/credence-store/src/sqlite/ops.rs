@@ -1,13 +1,15 @@
 //! The mutations other than issuance, each one transaction on the write
 //! connection (run by the writer task), audit record included.
 
-use credence_core::{Identity, IdentityId, RevocationReason, SpiffeId};
+use credence_core::{Identity, IdentityId, JoinToken, Node, NodeId, RevocationReason, SpiffeId};
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{Connection, QueryBuilder, Transaction};
 use time::OffsetDateTime;
 
 use super::log::{Ctx, Staged};
-use super::rows::{self, CREDENTIAL_COLS, labels_json, selectors_json, truncate_ts, ts};
+use super::rows::{
+    self, CREDENTIAL_COLS, labels_json, nodes_json, selectors_json, truncate_ts, ts,
+};
 use crate::{AuditRecord, CaRecord, RevokedEntry, StoreError};
 
 async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
@@ -70,6 +72,7 @@ pub(crate) async fn create_identity(
 ) -> Result<(), StoreError> {
     let labels = labels_json(&identity.labels)?;
     let selectors = selectors_json(&identity.selectors)?;
+    let nodes = nodes_json(&identity.nodes)?;
     let mut tx = begin(&mut ctx.conn).await?;
     if exists(
         &mut tx,
@@ -94,8 +97,8 @@ pub(crate) async fn create_identity(
     }
     sqlx::query(
         "INSERT INTO identities (id, spiffe_id, kind, owner, description, labels_json, \
-         selectors_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         selectors_json, nodes_json, max_ttl_seconds, status, created_at, updated_at, \
+         last_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(identity.id.as_str())
     .bind(identity.spiffe_id.as_str())
@@ -104,6 +107,7 @@ pub(crate) async fn create_identity(
     .bind(identity.description.as_str())
     .bind(labels)
     .bind(selectors)
+    .bind(nodes)
     .bind(identity.max_ttl_seconds.map(i64::from))
     .bind(identity.status.as_str())
     .bind(ts(identity.created_at))
@@ -123,6 +127,7 @@ pub(crate) async fn update_identity(
 ) -> Result<(), StoreError> {
     let labels = labels_json(&identity.labels)?;
     let selectors = selectors_json(&identity.selectors)?;
+    let nodes = nodes_json(&identity.nodes)?;
     let mut tx = begin(&mut ctx.conn).await?;
     let holder: Option<String> =
         sqlx::query_scalar("SELECT id FROM identities WHERE spiffe_id = ?")
@@ -134,8 +139,8 @@ pub(crate) async fn update_identity(
     }
     let done = sqlx::query(
         "UPDATE identities SET spiffe_id = ?, kind = ?, owner = ?, description = ?, \
-         labels_json = ?, selectors_json = ?, max_ttl_seconds = ?, status = ?, updated_at = ? \
-         WHERE id = ?",
+         labels_json = ?, selectors_json = ?, nodes_json = ?, max_ttl_seconds = ?, status = ?, \
+         updated_at = ? WHERE id = ?",
     )
     .bind(identity.spiffe_id.as_str())
     .bind(identity.kind.as_str())
@@ -143,6 +148,7 @@ pub(crate) async fn update_identity(
     .bind(identity.description.as_str())
     .bind(labels)
     .bind(selectors)
+    .bind(nodes)
     .bind(identity.max_ttl_seconds.map(i64::from))
     .bind(identity.status.as_str())
     .bind(ts(identity.updated_at))
@@ -244,8 +250,15 @@ pub(crate) async fn revoke_identity_credentials(
     .bind(ts(at))
     .fetch_all(&mut *tx)
     .await?;
+    let entries = revoked_rows(&updated)?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(entries)
+}
+
+/// The entries of rows an `UPDATE ... RETURNING` just revoked, by serial.
+fn revoked_rows(updated: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<RevokedEntry>, StoreError> {
     let mut entries = Vec::with_capacity(updated.len());
-    for row in &updated {
+    for row in updated {
         match rows::credential(row)? {
             (_, Some(entry)) => entries.push(entry),
             (_, None) => {
@@ -258,7 +271,6 @@ pub(crate) async fn revoke_identity_credentials(
         }
     }
     entries.sort_by(|a, b| a.serial.cmp(&b.serial));
-    commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(entries)
 }
 
@@ -333,4 +345,147 @@ pub(crate) async fn next_crl_number(ctx: &mut Ctx, issuer: String) -> Result<u64
     .fetch_one(&mut ctx.conn)
     .await?;
     u64::try_from(n).map_err(|e| rows::corrupt("crl_numbers", "last", e))
+}
+
+pub(crate) async fn create_join_token(
+    ctx: &mut Ctx,
+    token: JoinToken,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    sqlx::query(
+        "INSERT INTO join_tokens (hash, id, created_at, expires_at, used_at, node_id) \
+         VALUES (?, ?, ?, ?, NULL, NULL)",
+    )
+    .bind(token.hash.as_str())
+    .bind(token.id.as_str())
+    .bind(ts(token.created_at))
+    .bind(ts(token.expires_at))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match StoreError::from(e) {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("join token {} already exists", token.id))
+        }
+        other => other,
+    })?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn redeem_join_token(
+    ctx: &mut Ctx,
+    hash: String,
+    at: OffsetDateTime,
+    node: Node,
+    audit: AuditRecord,
+) -> Result<JoinToken, StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    let row = sqlx::query(
+        "SELECT hash, id, created_at, expires_at, used_at, node_id FROM join_tokens \
+         WHERE hash = ?",
+    )
+    .bind(hash.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(StoreError::NotFound("unknown join token".to_owned()));
+    };
+    let mut token = rows::join_token(&row)?;
+    if token.used_at.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "join token {} was already used",
+            token.id
+        )));
+    }
+    if token.expires_at <= at {
+        return Err(StoreError::BadArgument(format!(
+            "join token {} has expired",
+            token.id
+        )));
+    }
+    let at = truncate_ts(at);
+    sqlx::query("UPDATE join_tokens SET used_at = ?, node_id = ? WHERE hash = ?")
+        .bind(ts(at))
+        .bind(node.id.as_str())
+        .bind(hash.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO nodes (id, spiffe_id, attestation, token_id, status, agent_serial, \
+         agent_not_after, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(node.id.as_str())
+    .bind(node.spiffe_id.as_str())
+    .bind(node.attestation.as_str())
+    .bind(node.token_id.as_deref())
+    .bind(node.status.as_str())
+    .bind(node.agent_serial.as_deref())
+    .bind(node.agent_not_after.map(ts))
+    .bind(ts(node.created_at))
+    .bind(ts(node.updated_at))
+    .execute(&mut *tx)
+    .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    token.used_at = Some(at);
+    token.node_id = Some(node.id);
+    Ok(token)
+}
+
+pub(crate) async fn set_node_svid(
+    ctx: &mut Ctx,
+    id: NodeId,
+    serial: String,
+    not_after: OffsetDateTime,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE nodes SET agent_serial = ?, agent_not_after = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(serial.as_str())
+    .bind(ts(not_after))
+    .bind(ts(at))
+    .bind(id.as_str())
+    .execute(&mut ctx.conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(node_not_found(&id));
+    }
+    Ok(())
+}
+
+fn node_not_found(id: &NodeId) -> StoreError {
+    StoreError::NotFound(format!("node {id} not found"))
+}
+
+pub(crate) async fn evict_node(
+    ctx: &mut Ctx,
+    id: NodeId,
+    at: OffsetDateTime,
+    audit: AuditRecord,
+) -> Result<Vec<RevokedEntry>, StoreError> {
+    let at = truncate_ts(at);
+    let mut tx = begin(&mut ctx.conn).await?;
+    let done = sqlx::query("UPDATE nodes SET status = 'evicted', updated_at = ? WHERE id = ?")
+        .bind(ts(at))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(node_not_found(&id));
+    }
+    let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE credentials SET revoked_at = ?, revocation_reason = ? \
+         WHERE node_id = ? AND revoked_at IS NULL AND not_after > ? \
+         RETURNING {CREDENTIAL_COLS}"
+    )))
+    .bind(ts(at))
+    .bind(RevocationReason::CessationOfOperation.as_str())
+    .bind(id.as_str())
+    .bind(ts(at))
+    .fetch_all(&mut *tx)
+    .await?;
+    let entries = revoked_rows(&updated)?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(entries)
 }

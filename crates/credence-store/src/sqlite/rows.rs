@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use credence_core::{
-    Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, RevocationReason, Selector,
-    SpiffeId,
+    Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId,
+    NodeStatus, Owner, RevocationReason, Selector, SpiffeId,
 };
 use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Decode, Row, Type};
@@ -15,10 +15,13 @@ use time::OffsetDateTime;
 use crate::{AuditRecord, CaRecord, CredentialKind, IssuedCredential, RevokedEntry, StoreError};
 
 pub(crate) const IDENTITY_COLS: &str = "id, spiffe_id, kind, owner, description, labels_json, \
-     selectors_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
+     selectors_json, nodes_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
 
 pub(crate) const CREDENTIAL_COLS: &str = "serial, kind, identity_id, spiffe_id, issuer, \
-     not_before, not_after, key_fingerprint, revoked_at, revocation_reason";
+     not_before, not_after, key_fingerprint, node_id, revoked_at, revocation_reason";
+
+pub(crate) const NODE_COLS: &str = "id, spiffe_id, attestation, token_id, status, agent_serial, \
+     agent_not_after, created_at, updated_at";
 
 pub(crate) const CA_COLS: &str =
     "id, role, cert_der, public_key_der, wrapped_key, not_before, not_after, active, created_at";
@@ -105,6 +108,9 @@ pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
         .iter()
         .map(|s| Selector::parse(s).map_err(|e| corrupt(T, "selectors_json", e)))
         .collect::<Result<Vec<_>, _>>()?;
+    let nodes: String = get(row, T, "nodes_json")?;
+    let nodes: Vec<NodeId> =
+        serde_json::from_str(&nodes).map_err(|e| corrupt(T, "nodes_json", e))?;
     let max_ttl: Option<i64> = get(row, T, "max_ttl_seconds")?;
     let max_ttl_seconds = max_ttl
         .map(|v| u32::try_from(v).map_err(|e| corrupt(T, "max_ttl_seconds", e)))
@@ -117,6 +123,7 @@ pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
         description: get(row, T, "description")?,
         labels,
         selectors,
+        nodes,
         max_ttl_seconds,
         status: parse::<IdentityStatus>(row, T, "status")?,
         created_at: time_col(row, T, "created_at")?,
@@ -140,6 +147,7 @@ pub(crate) fn credential(
         not_before: time_col(row, T, "not_before")?,
         not_after: time_col(row, T, "not_after")?,
         key_fingerprint: get(row, T, "key_fingerprint")?,
+        node_id: opt_node_id(row, T, "node_id")?,
     };
     let revoked = match opt_time_col(row, T, "revoked_at")? {
         None => None,
@@ -170,6 +178,43 @@ pub(crate) fn revoked_entry(
         not_after: cred.not_after,
         issuer: cred.issuer.clone(),
     }
+}
+
+fn opt_node_id(row: &SqliteRow, table: &str, column: &str) -> Result<Option<NodeId>, StoreError> {
+    let v: Option<String> = get(row, table, column)?;
+    v.map(|v| NodeId::parse(&v).map_err(|e| corrupt(table, column, e)))
+        .transpose()
+}
+
+pub(crate) fn node(row: &SqliteRow) -> Result<Node, StoreError> {
+    const T: &str = "nodes";
+    Ok(Node {
+        id: parse::<NodeId>(row, T, "id")?,
+        spiffe_id: parse::<SpiffeId>(row, T, "spiffe_id")?,
+        attestation: get(row, T, "attestation")?,
+        token_id: get(row, T, "token_id")?,
+        status: parse::<NodeStatus>(row, T, "status")?,
+        agent_serial: get(row, T, "agent_serial")?,
+        agent_not_after: opt_time_col(row, T, "agent_not_after")?,
+        created_at: time_col(row, T, "created_at")?,
+        updated_at: time_col(row, T, "updated_at")?,
+    })
+}
+
+pub(crate) fn join_token(row: &SqliteRow) -> Result<JoinToken, StoreError> {
+    const T: &str = "join_tokens";
+    Ok(JoinToken {
+        id: get(row, T, "id")?,
+        hash: get(row, T, "hash")?,
+        created_at: time_col(row, T, "created_at")?,
+        expires_at: time_col(row, T, "expires_at")?,
+        used_at: opt_time_col(row, T, "used_at")?,
+        node_id: opt_node_id(row, T, "node_id")?,
+    })
+}
+
+pub(crate) fn nodes_json(nodes: &[NodeId]) -> Result<String, StoreError> {
+    serde_json::to_string(nodes).map_err(|e| StoreError::Invalid(format!("nodes: {e}")))
 }
 
 pub(crate) fn ca(row: &SqliteRow) -> Result<CaRecord, StoreError> {

@@ -17,7 +17,7 @@ use crate::{AuditRecord, IssuedCredential, StoreError};
 /// single request larger than this still commits in one transaction).
 pub const GROUP_COMMIT_MAX: usize = 2_000;
 
-/// Rows per multi-row INSERT: 8 columns x 500 = 4,000 bound parameters, far
+/// Rows per multi-row INSERT: 9 columns x 500 = 4,500 bound parameters, far
 /// under SQLite's 32,766 (and PostgreSQL's 65,535).
 const ROWS_PER_INSERT: usize = 500;
 
@@ -171,7 +171,7 @@ async fn write_batch(ctx: &mut Ctx, reqs: &[&IssueRequest]) -> Result<Vec<Vec<u6
     for chunk in creds.chunks(ROWS_PER_INSERT) {
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO credentials (serial, kind, identity_id, spiffe_id, issuer, not_before, \
-             not_after, key_fingerprint) ",
+             not_after, key_fingerprint, node_id) ",
         );
         qb.push_values(chunk, |mut b, (c, _)| {
             b.push_bind(c.serial.as_str())
@@ -181,7 +181,8 @@ async fn write_batch(ctx: &mut Ctx, reqs: &[&IssueRequest]) -> Result<Vec<Vec<u6
                 .push_bind(c.issuer.as_str())
                 .push_bind(ts(c.not_before))
                 .push_bind(ts(c.not_after))
-                .push_bind(c.key_fingerprint.as_deref());
+                .push_bind(c.key_fingerprint.as_deref())
+                .push_bind(c.node_id.as_ref().map(|n| n.as_str()));
         });
         qb.build()
             .execute(&mut *tx)

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use credence_core::{
-    Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, RevocationReason, Selector,
-    SpiffeId,
+    Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId,
+    NodeStatus, Owner, RevocationReason, Selector, SpiffeId,
 };
 use credence_store::{
     AuditActor, AuditRecord, CaRecord, CredentialKind, IdentityFilter, IssuedCredential, Outcome,
@@ -73,6 +73,7 @@ pub fn identity(n: u32) -> Identity {
         description: format!("identity {n}"),
         labels: Labels::new(labels).unwrap(),
         selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
+        nodes: Vec::new(),
         max_ttl_seconds: Some(3600),
         status: IdentityStatus::Active,
         created_at: t(i64::from(n)),
@@ -113,6 +114,7 @@ pub fn cred(identity: &Identity, serial: &str, not_after: OffsetDateTime) -> Iss
         not_before: t(0),
         not_after,
         key_fingerprint: Some("ab".repeat(32)),
+        node_id: None,
     }
 }
 
@@ -1381,4 +1383,173 @@ pub async fn audit_checkpoints_and_search(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(after_first.len(), 2);
+}
+
+// ---------------------------------------------------------------- nodes
+
+fn node(n: u8) -> Node {
+    let id = NodeId::from_random([n; 16]);
+    Node {
+        spiffe_id: spiffe(&format!("credence/agent/{id}")),
+        id,
+        attestation: "join_token".to_owned(),
+        token_id: Some(format!("tok{n}")),
+        status: NodeStatus::Active,
+        agent_serial: None,
+        agent_not_after: None,
+        created_at: t(i64::from(n)),
+        updated_at: t(i64::from(n)),
+    }
+}
+
+fn join_token(n: u8, expires: i64) -> JoinToken {
+    JoinToken {
+        id: format!("tok{n}"),
+        hash: format!("{n:02x}").repeat(32),
+        created_at: t(0),
+        expires_at: t(expires),
+        used_at: None,
+        node_id: None,
+    }
+}
+
+pub async fn join_token_single_use_and_expiry(store: &dyn Store) {
+    store
+        .create_join_token(&join_token(1, 600), audit("node.token.create", "tok1"))
+        .await
+        .unwrap();
+    store
+        .create_join_token(&join_token(2, 600), audit("node.token.create", "tok2"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_join_token(&join_token(1, 600), audit("node.token.create", "tok1"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let before = store.audit_count().await.unwrap();
+    // unknown and expired tokens write nothing
+    assert!(matches!(
+        store
+            .redeem_join_token(&"ff".repeat(32), t(1), &node(9), audit("node.attest", "x"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .redeem_join_token(
+                &join_token(2, 0).hash,
+                t(600),
+                &node(2),
+                audit("node.attest", "x")
+            )
+            .await,
+        Err(StoreError::BadArgument(_))
+    ));
+    assert_eq!(store.audit_count().await.unwrap(), before);
+    assert!(store.get_node(&node(2).id).await.unwrap().is_none());
+
+    let spent = store
+        .redeem_join_token(
+            &join_token(1, 0).hash,
+            t(5),
+            &node(1),
+            audit("node.attest", "n1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spent.used_at, Some(t(5)));
+    assert_eq!(spent.node_id, Some(node(1).id));
+    assert_eq!(store.get_node(&node(1).id).await.unwrap(), Some(node(1)));
+    // a replay fails and creates no second node
+    assert!(matches!(
+        store
+            .redeem_join_token(
+                &join_token(1, 0).hash,
+                t(6),
+                &node(3),
+                audit("node.attest", "n3")
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.get_node(&node(3).id).await.unwrap().is_none());
+    assert_eq!(
+        store.get_join_token("tok1").await.unwrap().unwrap().used_at,
+        Some(t(5))
+    );
+    assert_eq!(store.audit_count().await.unwrap(), before + 1);
+}
+
+pub async fn evict_node_revokes_its_credentials(store: &dyn Store) {
+    store
+        .create_join_token(&join_token(1, 600), audit("node.token.create", "tok1"))
+        .await
+        .unwrap();
+    let n = node(1);
+    store
+        .redeem_join_token(&join_token(1, 0).hash, t(5), &n, audit("node.attest", "n1"))
+        .await
+        .unwrap();
+    store
+        .set_node_svid(&n.id, "a0", t(3_600), t(6))
+        .await
+        .unwrap();
+    let got = store.get_node(&n.id).await.unwrap().unwrap();
+    assert_eq!(got.agent_serial.as_deref(), Some("a0"));
+    assert_eq!(got.agent_not_after, Some(t(3_600)));
+
+    let i = identity(1);
+    create(store, &i).await;
+    let mut via_node = cred(&i, "01", t(3_600));
+    via_node.node_id = Some(n.id.clone());
+    let mut expired = cred(&i, "02", t(1));
+    expired.node_id = Some(n.id.clone());
+    let direct = cred(&i, "03", t(3_600));
+    store
+        .record_issued(vec![issue(via_node), issue(expired), issue(direct)])
+        .await
+        .unwrap();
+    let revoked = store
+        .evict_node(&n.id, t(10), audit("node.evict", n.id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked
+            .iter()
+            .map(|r| r.serial.as_str())
+            .collect::<Vec<_>>(),
+        ["01"]
+    );
+    assert_eq!(revoked[0].reason, RevocationReason::CessationOfOperation);
+    assert!(store.is_revoked("01").await.unwrap());
+    assert!(!store.is_revoked("03").await.unwrap());
+    assert_eq!(
+        store.get_node(&n.id).await.unwrap().unwrap().status,
+        NodeStatus::Evicted
+    );
+    let (c, _) = store.get_credential("01").await.unwrap().unwrap();
+    assert_eq!(c.node_id, Some(n.id.clone()));
+    assert!(matches!(
+        store
+            .evict_node(&node(7).id, t(10), audit("node.evict", "x"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.list_nodes().await.unwrap().len(), 1);
+}
+
+pub async fn identity_nodes_round_trip(store: &dyn Store) {
+    let mut i = identity(1);
+    i.nodes = vec![node(1).id, node(2).id];
+    create(store, &i).await;
+    assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i.clone()));
+    i.nodes.pop();
+    i.updated_at = t(50);
+    store
+        .update_identity(&i, audit("identity.update", i.spiffe_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i));
 }

@@ -56,6 +56,9 @@ conformance_suite! {
         closed_store_refuses,
         audit_log_is_a_verifiable_merkle_tree,
         audit_checkpoints_and_search,
+        join_token_single_use_and_expiry,
+        evict_node_revokes_its_credentials,
+        identity_nodes_round_trip,
     ];
     harness: [reopen_keeps_data],
 }
