@@ -52,6 +52,14 @@ impl std::fmt::Debug for X509Material {
     }
 }
 
+/// One JWT-SVID ready for a workload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtMaterial {
+    pub spiffe_id: String,
+    pub token: String,
+    pub hint: String,
+}
+
 /// Where the Workload API gets credentials from (the agent's cache).
 pub trait Provider: Send + Sync + 'static {
     /// X509-SVIDs of every identity whose selectors the workload matches.
@@ -66,6 +74,17 @@ pub trait Provider: Send + Sync + 'static {
     }
     /// Bumped on every change of what the methods above return.
     fn changes(&self) -> watch::Receiver<u64>;
+    /// JWT-SVIDs for `audience` of every identity the workload matches (or
+    /// only `spiffe_id`); `Err` is a message for an `Unavailable` status.
+    fn jwt_svids(
+        &self,
+        selectors: Vec<Selector>,
+        audience: Vec<String>,
+        spiffe_id: Option<String>,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<JwtMaterial>, String>> {
+        let _ = (selectors, audience, spiffe_id);
+        Box::pin(async { Err("this agent does not issue JWT-SVIDs".to_owned()) })
+    }
 }
 
 /// The Workload API service.
@@ -236,20 +255,61 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        check_header(&req)?;
-        Err(Status::unimplemented(
-            "JWT-SVIDs through the Workload API need the agent-server link (not built yet)",
-        ))
+        let selectors = self.attest(&req)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience must name at least one non-empty audience",
+            ));
+        }
+        if req.audience.len() > 32 || req.audience.iter().any(|a| a.len() > 512) {
+            return Err(Status::invalid_argument(
+                "at most 32 audiences of at most 512 bytes",
+            ));
+        }
+        let want = (!req.spiffe_id.is_empty()).then_some(req.spiffe_id);
+        let svids = self
+            .provider
+            .jwt_svids(selectors, req.audience, want)
+            .await
+            .map_err(Status::unavailable)?;
+        if svids.is_empty() {
+            return Err(Status::permission_denied(
+                "no identity issued to this workload",
+            ));
+        }
+        Ok(Response::new(pb::JwtsvidResponse {
+            svids: svids
+                .into_iter()
+                .map(|m| pb::Jwtsvid {
+                    spiffe_id: m.spiffe_id,
+                    svid: m.token,
+                    hint: m.hint,
+                })
+                .collect(),
+        }))
     }
 
     async fn validate_jwtsvid(
         &self,
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        check_header(&req)?;
-        Err(Status::unimplemented(
-            "JWT-SVID validation through the Workload API is not built yet",
-        ))
+        let selectors = self.attest(&req)?;
+        entitled(self.provider.as_ref(), &selectors)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must not be empty"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must not be empty"));
+        }
+        let (spiffe_id, claims) =
+            crate::jwt::validate(&req.svid, &req.audience, &self.provider.jwt_bundles())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id,
+            claims: Some(claims),
+        }))
     }
 }
 

@@ -615,6 +615,7 @@ pub struct SvidInfo {
     pub spiffe_id: SpiffeId,
     /// Lowercase hex, as [`Serial::to_hex`] writes it.
     pub serial: String,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
 
@@ -646,9 +647,12 @@ pub fn svid_info(leaf_der: &[u8]) -> Result<SvidInfo, CaError> {
     };
     let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
         .map_err(|e| bad(format!("notAfter: {e}")))?;
+    let not_before = OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp())
+        .map_err(|e| bad(format!("notBefore: {e}")))?;
     Ok(SvidInfo {
         spiffe_id,
         serial: hex::encode(trimmed),
+        not_before,
         not_after,
     })
 }

@@ -50,6 +50,10 @@ pub fn router(state: AppState) -> Router {
         .route("/jwt/mint", post(jwt_mint))
         .route("/revocations", post(revoke).get(list_revocations))
         .route("/credentials/{serial}", get(show_credential))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/tokens", post(create_join_token))
+        .route("/nodes/{id}", get(show_node))
+        .route("/nodes/{id}/evict", post(evict_node))
         .route("/ca", get(show_ca))
         .route("/ca/rotate", post(rotate_ca))
         .route("/audit/checkpoint", get(audit_checkpoint))
@@ -478,7 +482,7 @@ async fn x509_sign(
     Ok(Json(svid))
 }
 
-fn csr_bytes(s: &str) -> Result<Vec<u8>, ServerError> {
+pub(crate) fn csr_bytes(s: &str) -> Result<Vec<u8>, ServerError> {
     let t = s.trim();
     if t.starts_with("-----BEGIN") {
         Ok(credence_ca::x509::csr_der_from_bytes(t.as_bytes())?)
@@ -644,6 +648,51 @@ async fn show_credential(
         "not_after": fmt(cred.not_after),
         "key_sha256": cred.key_fingerprint,
         "revocation": rev.as_ref().map(revoked_json),
+    })))
+}
+
+// ---- nodes ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    ttl: Option<Ttl>,
+}
+
+async fn create_join_token(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<Json<crate::nodes::NewJoinToken>, ServerError> {
+    let ttl = parse_ttl(req.ttl)?.unwrap_or(Duration::minutes(10));
+    Ok(Json(st.svc.create_join_token(&caller, ttl).await?))
+}
+
+fn node_id(s: &str) -> Result<credence_core::NodeId, ServerError> {
+    Ok(credence_core::NodeId::parse(s)?)
+}
+
+async fn list_nodes(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
+    Ok(Json(json!({"items": st.svc.list_nodes().await?})))
+}
+
+async fn show_node(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath,
+) -> Result<Json<credence_core::Node>, ServerError> {
+    Ok(Json(st.svc.get_node(&node_id(&id)?).await?))
+}
+
+async fn evict_node(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath(id): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    let id = node_id(&id)?;
+    let revoked = st.svc.evict_node(&caller, &id).await?;
+    Ok(Json(json!({
+        "node": st.svc.get_node(&id).await?,
+        "revoked": revoked.iter().map(|r| &r.serial).collect::<Vec<_>>(),
     })))
 }
 

@@ -30,6 +30,9 @@ const MAX_CONFIG: u64 = 1024 * 1024;
 pub struct ServerConfig {
     pub trust_domain: TrustDomain,
     pub listen: SocketAddr,
+    /// Address of the agent API (mTLS, for node agents); absent: off.
+    #[serde(default)]
+    pub agent_listen: Option<SocketAddr>,
     /// Externally visible base URL (JWT `iss`, OIDC discovery).
     pub public_url: Option<String>,
     pub data_dir: PathBuf,
@@ -191,6 +194,7 @@ impl ServerConfig {
         Ok(Options {
             trust_domain: self.trust_domain,
             listen: self.listen,
+            agent_listen: self.agent_listen,
             db_path: self
                 .database
                 .path

@@ -13,6 +13,7 @@
 //! Errors become HTTP statuses in exactly one place, [`ServerError`]'s
 //! `IntoResponse`, which always answers `{"error": code, "message": text}`.
 
+pub mod agent_api;
 pub mod api;
 pub mod audit_log;
 pub mod authority;

@@ -55,7 +55,11 @@ impl Service {
     fn node_actor(node: &Node, client_addr: Option<String>) -> Actor {
         Actor {
             name: node.spiffe_id.to_string(),
-            method: "x509_svid",
+            method: if node.attestation == "in_process" {
+                "in_process"
+            } else {
+                "x509_svid"
+            },
             request_id: None,
             client_addr,
         }
@@ -69,6 +73,24 @@ impl Service {
         if let Err(e) = self.store.append_audit(rec).await {
             tracing::error!(error = %e, "cannot record a refused request");
         }
+    }
+
+    /// The in-process agent of `credence dev`: a node that is never stored
+    /// (id all zeros), serving identities not restricted to other nodes.
+    pub fn local_node(&self) -> Result<Node, ServerError> {
+        let id = NodeId::from_random([0; 16]);
+        let now = self.clock.now();
+        Ok(Node {
+            spiffe_id: id.agent_spiffe_id(&self.trust_domain())?,
+            id,
+            attestation: "in_process".into(),
+            token_id: None,
+            status: NodeStatus::Active,
+            agent_serial: None,
+            agent_not_after: None,
+            created_at: now,
+            updated_at: now,
+        })
     }
 
     /// Creates a one-time join token valid for `ttl`.

@@ -43,6 +43,8 @@ pub struct Options {
     pub rng: Arc<dyn Random>,
     /// How often a checkpoint of the audit log is signed while it grows.
     pub checkpoint_interval: std::time::Duration,
+    /// Where the agent API (mTLS, for node agents) listens; `None`: off.
+    pub agent_listen: Option<SocketAddr>,
 }
 
 /// A running server.
@@ -50,6 +52,9 @@ pub struct Running {
     pub addr: SocketAddr,
     pub base_url: String,
     pub service: Arc<Service>,
+    /// The agent API's address, when it is on.
+    pub agent_addr: Option<SocketAddr>,
+    agent_api: Option<crate::agent_api::AgentListener>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
     checkpointer: JoinHandle<()>,
@@ -58,6 +63,9 @@ pub struct Running {
 impl Running {
     /// Stops accepting, lets in-flight requests finish, closes the store.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(a) = self.agent_api.take() {
+            a.shutdown().await;
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -225,8 +233,14 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
             }
         })
     };
+    let agent_api = match opts.agent_listen {
+        Some(a) => Some(crate::agent_api::start(svc.clone(), a).await?),
+        None => None,
+    };
     tracing::info!(%addr, %base_url, "serving");
     Ok(Running {
+        agent_addr: agent_api.as_ref().map(|a| a.addr),
+        agent_api,
         checkpointer,
         addr,
         base_url,

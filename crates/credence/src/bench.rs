@@ -502,6 +502,7 @@ async fn start_server(
         clock: Arc::new(SystemClock),
         rng: Arc::new(credence_ca::SystemRandom),
         checkpoint_interval: Duration::from_secs(1),
+        agent_listen: None,
     })
     .await
     .map_err(err)

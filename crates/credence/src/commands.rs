@@ -25,6 +25,7 @@ fn cli_err(e: impl std::fmt::Display) -> CliError {
 pub async fn dev(
     dir: PathBuf,
     listen: SocketAddr,
+    agent_listen: Option<SocketAddr>,
     trust_domain: &str,
     durability: &str,
 ) -> Result<(), CliError> {
@@ -51,14 +52,25 @@ pub async fn dev(
         clock: Arc::new(SystemClock),
         rng: Arc::new(rng),
         checkpoint_interval: std::time::Duration::from_secs(1),
+        agent_listen,
     })
     .await
     .map_err(cli_err)?;
     let bundle = running.service.authority().bundle_pem().to_owned();
     data.publish(&bundle, &running.base_url).map_err(cli_err)?;
     // the in-process agent: SPIFFE Workload API on DIR/agent.sock
-    let agent = crate::dev_agent::DevAgent::new(running.service.clone());
-    tokio::spawn(agent.clone().run());
+    let upstream =
+        crate::dev_agent::LocalUpstream::new(running.service.clone()).map_err(cli_err)?;
+    let agent = credence_agent::agent::Agent::new(upstream);
+    let (stop_cache, cache_stop) = tokio::sync::watch::channel(false);
+    {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = agent.run(cache_stop).await {
+                tracing::error!(error = %e, "dev agent stopped");
+            }
+        });
+    }
     let sock = data.agent_sock();
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_task = {
@@ -84,6 +96,10 @@ pub async fn dev(
     println!("  Admin token:  {d}/admin.token");
     println!("  Database:     {d}/credence.db");
     println!("  Workload API: {d}/agent.sock");
+    if let Some(a) = running.agent_addr {
+        println!("  Agent API:    https://{a}   (for `credence agent`)");
+        std::fs::write(data.path.join("agent-addr"), a.to_string()).map_err(cli_err)?;
+    }
     println!();
     println!("Use it from another shell:");
     println!("  export CREDENCE_ADDR={url}");
@@ -93,6 +109,7 @@ pub async fn dev(
     let _ = std::io::stdout().flush();
     let r = serve_until_signal(running).await;
     let _ = stop_agent.send(());
+    let _ = stop_cache.send(true);
     let _ = agent_task.await;
     r
 }
@@ -165,6 +182,9 @@ pub enum IdentityCmd {
         /// Replace all selectors (repeatable)
         #[arg(long)]
         selector: Vec<String>,
+        /// Replace the nodes that may serve it (node id, repeatable; `any` clears)
+        #[arg(long)]
+        node: Vec<String>,
         /// Credential lifetime cap, e.g. 30m
         #[arg(long)]
         max_ttl: Option<String>,
@@ -192,6 +212,9 @@ pub struct IdentityFields {
     /// Workload selector type:value (repeatable), e.g. unix:uid:1000
     #[arg(long)]
     selector: Vec<String>,
+    /// Only agents of this node serve it (node id, repeatable; default: every node)
+    #[arg(long)]
+    node: Vec<String>,
     /// KEY=VALUE (repeatable)
     #[arg(long)]
     label: Vec<String>,
@@ -272,6 +295,7 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
                 "kind": f.kind,
                 "owner": f.owner,
                 "selectors": f.selector,
+                "nodes": f.node,
                 "labels": labels_json(&f.label)?,
             });
             if let Some(d) = f.description {
@@ -350,6 +374,7 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
             description,
             label,
             selector,
+            node,
             max_ttl,
         } => {
             let mut body = serde_json::Map::new();
@@ -367,6 +392,11 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
             }
             if !selector.is_empty() {
                 body.insert("selectors".into(), json!(selector));
+            }
+            if node == ["any"] {
+                body.insert("nodes".into(), json!([]));
+            } else if !node.is_empty() {
+                body.insert("nodes".into(), json!(node));
             }
             if let Some(t) = max_ttl {
                 body.insert("max_ttl_seconds".into(), json!(ttl_seconds(&t)?));
@@ -606,6 +636,91 @@ pub async fn ca(c: &Client, cmd: CaCmd, json_mode: bool) -> Result<(), CliError>
             serde_json::to_string_pretty(&shown).unwrap_or_default()
         );
     });
+    Ok(())
+}
+
+// ---- nodes ----
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Join tokens for the first attestation of a node's agent
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List attested nodes
+    List,
+    /// Show one node
+    Show { id: String },
+    /// Refuse a node's agent from now on and revoke everything issued through it
+    Evict { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a one-time join token (printed once; only its hash is stored)
+    Create {
+        /// How long it may be used, e.g. 10m
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
+}
+
+fn print_node(v: &Value) {
+    println!("id:          {}", v["id"].as_str().unwrap_or(""));
+    println!("spiffe_id:   {}", v["spiffe_id"].as_str().unwrap_or(""));
+    println!("status:      {}", v["status"].as_str().unwrap_or(""));
+    println!("attestation: {}", v["attestation"].as_str().unwrap_or(""));
+    if let Some(t) = v["agent_not_after"].as_str() {
+        println!(
+            "agent SVID:  {} (until {t})",
+            v["agent_serial"].as_str().unwrap_or("")
+        );
+    }
+    println!("created_at:  {}", v["created_at"].as_str().unwrap_or(""));
+}
+
+pub async fn node(c: &Client, cmd: NodeCmd, json_mode: bool) -> Result<(), CliError> {
+    match cmd {
+        NodeCmd::Token(TokenCmd::Create { ttl }) => {
+            let v = c.post("/v1/nodes/tokens", &json!({"ttl": ttl})).await?;
+            out(json_mode, &v, |v| {
+                println!("{}", v["token"].as_str().unwrap_or(""));
+                eprintln!(
+                    "join token {} expires at {}; it works once",
+                    v["id"].as_str().unwrap_or(""),
+                    v["expires_at"].as_str().unwrap_or("")
+                );
+            });
+        }
+        NodeCmd::List => {
+            let v = c.get("/v1/nodes").await?;
+            out(json_mode, &v, |v| {
+                for n in v["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:8}  {}",
+                        n["id"].as_str().unwrap_or(""),
+                        n["status"].as_str().unwrap_or(""),
+                        n["spiffe_id"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+        NodeCmd::Show { id } => {
+            let v = c.get(&format!("/v1/nodes/{}", enc(&id))).await?;
+            out(json_mode, &v, print_node);
+        }
+        NodeCmd::Evict { id } => {
+            let v = c
+                .post(&format!("/v1/nodes/{}/evict", enc(&id)), &json!({}))
+                .await?;
+            out(json_mode, &v, |v| {
+                println!(
+                    "evicted node {}; {} credentials revoked",
+                    v["node"]["id"].as_str().unwrap_or(""),
+                    v["revoked"].as_array().map_or(0, Vec::len)
+                );
+            });
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `credence`: one binary for the server (`dev`, `server`) and its admin CLI.
 
+mod agent_cmd;
 mod audit_cmd;
 mod bench;
 mod client;
@@ -76,6 +77,11 @@ enum Cmd {
     /// Show or rotate the certificate authority
     #[command(subcommand)]
     Ca(commands::CaCmd),
+    /// Nodes: join tokens, list, show, evict
+    #[command(subcommand)]
+    Node(commands::NodeCmd),
+    /// Run the node agent: attest, then serve the SPIFFE Workload API
+    Agent(agent_cmd::AgentArgs),
     /// Fetch the current CRL (DER) of the active intermediate
     Crl {
         /// Write to this file instead of stdout
@@ -101,6 +107,9 @@ struct DevArgs {
     /// SQLite durability: normal (default) or full
     #[arg(long, default_value = "normal")]
     durability: String,
+    /// Address of the agent API for `credence agent` (mTLS), or `off`
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    agent_listen: String,
 }
 
 fn main() {
@@ -141,13 +150,30 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(".credence"));
-            commands::dev(data_dir, a.listen, &a.trust_domain, &a.durability).await
+            let agent_listen = match a.agent_listen.as_str() {
+                "off" => None,
+                s => Some(s.parse().map_err(|e| {
+                    CliError(format!("--agent-listen {s:?}: {e} (an address, or off)"))
+                })?),
+            };
+            commands::dev(
+                data_dir,
+                a.listen,
+                agent_listen,
+                &a.trust_domain,
+                &a.durability,
+            )
+            .await
         }
         Cmd::Server { config } => {
             init_tracing();
             commands::server(&config).await
         }
         Cmd::Bench(b) => bench::run(b).await,
+        Cmd::Agent(a) => {
+            init_tracing();
+            agent_cmd::run(a, cli.conn.data_dir.clone()).await
+        }
         // offline bundle verification needs no server
         Cmd::Audit(audit_cmd::AuditCmd::Verify {
             log_key,
@@ -179,9 +205,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Jwt(c) => commands::jwt(&client, c, json).await,
                 Cmd::Revoke(a) => commands::revoke(&client, a, json).await,
                 Cmd::Ca(c) => commands::ca(&client, c, json).await,
+                Cmd::Node(c) => commands::node(&client, c, json).await,
                 Cmd::Crl { out } => commands::crl(&client, out).await,
                 Cmd::Audit(a) => audit_cmd::run(Some(&client), a, json).await,
-                Cmd::Dev(_) | Cmd::Server { .. } | Cmd::Bench(_) => Ok(()),
+                Cmd::Dev(_) | Cmd::Server { .. } | Cmd::Bench(_) | Cmd::Agent(_) => Ok(()),
             }
         }
     }

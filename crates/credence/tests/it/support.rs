@@ -24,6 +24,8 @@ impl Dev {
                 "dev",
                 "--listen",
                 "127.0.0.1:0",
+                "--agent-listen",
+                "127.0.0.1:0",
                 "--trust-domain",
                 "example.org",
             ])

@@ -1,0 +1,378 @@
+//! The agent's cache of workload credentials, kept current from an
+//! [`Upstream`], and served through the Workload API ([`Provider`]).
+//!
+//! - One X509-SVID per entry. Keys are generated here and never leave the
+//!   node: the server signs CSRs. An SVID is replaced at half its lifetime,
+//!   when its registration changes, and as soon as the server reports it
+//!   revoked.
+//! - The cache is refreshed at once on every change the server pushes, at
+//!   the next renewal time, and at least every 30 s.
+//! - While the server is unreachable, the cache keeps serving what it has
+//!   (until each SVID expires) and retries with exponential backoff
+//!   (250 ms doubling to 30 s).
+//! - JWT-SVIDs are fetched on demand and cached per (SPIFFE ID, audience)
+//!   until half their lifetime.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use credence_core::Selector;
+
+use crate::attest::matches;
+use crate::upstream::{AgentError, EntrySpec, Upstream};
+use crate::workload_api::{JwtMaterial, Provider, X509Material};
+
+/// Longest wait between two refreshes.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Most CSRs sent in one call.
+const SIGN_BATCH: usize = 256;
+
+struct Svid {
+    spec: EntrySpec,
+    serial: String,
+    not_after: OffsetDateTime,
+    renew_at: OffsetDateTime,
+    material: X509Material,
+}
+
+#[derive(Default)]
+struct State {
+    trust_domain_id: String,
+    bundle_der: Vec<u8>,
+    jwks: Vec<u8>,
+    svids: Vec<Svid>,
+}
+
+struct CachedJwt {
+    token: String,
+    renew_at: OffsetDateTime,
+}
+
+/// The agent cache; see the module docs.
+pub struct Agent<U> {
+    upstream: U,
+    state: RwLock<State>,
+    jwts: Mutex<HashMap<(String, Vec<String>), CachedJwt>>,
+    tx: watch::Sender<u64>,
+    now: fn() -> OffsetDateTime,
+}
+
+/// A P-256 key and a CSR for `spiffe_id` over it (PKCS#8 DER, CSR DER).
+pub fn key_and_csr(spiffe_id: &str) -> Result<(Vec<u8>, Vec<u8>), AgentError> {
+    let local = |e: rcgen::Error| AgentError::Local(format!("key generation: {e}"));
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(local)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(local)?;
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names =
+        vec![SanType::URI(spiffe_id.try_into().map_err(|_| {
+            AgentError::Local(format!("{spiffe_id} is not an IA5 string"))
+        })?)];
+    let csr = params.serialize_request(&key).map_err(local)?;
+    Ok((key.serialize_der(), csr.der().to_vec()))
+}
+
+fn from_unix(t: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(t).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+impl<U: Upstream> Agent<U> {
+    pub fn new(upstream: U) -> Arc<Self> {
+        Arc::new(Self {
+            upstream,
+            state: RwLock::new(State::default()),
+            jwts: Mutex::new(HashMap::new()),
+            tx: watch::channel(0).0,
+            now: OffsetDateTime::now_utc,
+        })
+    }
+
+    pub fn upstream(&self) -> &U {
+        &self.upstream
+    }
+
+    fn bump(&self) {
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// How many X509-SVIDs the cache holds.
+    pub fn svid_count(&self) -> usize {
+        self.state.read().map(|s| s.svids.len()).unwrap_or(0)
+    }
+
+    /// Drops every credential (the node was evicted); open streams end.
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.state.write() {
+            s.svids.clear();
+        }
+        if let Ok(mut j) = self.jwts.lock() {
+            j.clear();
+        }
+        self.bump();
+    }
+
+    /// Keeps the cache current until `stop` fires or the server refuses
+    /// this agent (then the cache is cleared and the error returned).
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let mut changes = self.upstream.changes();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let wait = match self.refresh().await {
+                Ok(()) => {
+                    backoff = BACKOFF_MIN;
+                    self.next_wake()
+                }
+                Err(AgentError::Refused(m)) => {
+                    tracing::error!(reason = %m, "the server refused this agent; dropping every credential");
+                    self.clear();
+                    return Err(AgentError::Refused(m));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "refresh failed; serving the cache");
+                    let w = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    w
+                }
+            };
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return Ok(()) },
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Duration {
+        let now = (self.now)();
+        self.state
+            .read()
+            .ok()
+            .and_then(|s| s.svids.iter().map(|x| x.renew_at).min())
+            .map(|t| {
+                Duration::try_from(t - now)
+                    .unwrap_or(Duration::ZERO)
+                    .max(Duration::from_millis(100))
+            })
+            .unwrap_or(MAX_IDLE)
+            .min(MAX_IDLE)
+    }
+
+    /// One sync with the server: new, changed, due and revoked SVIDs are
+    /// (re)issued, the rest kept.
+    pub async fn refresh(&self) -> Result<(), AgentError> {
+        let held: Vec<String> = self
+            .state
+            .read()
+            .map(|s| s.svids.iter().map(|x| x.serial.clone()).collect())
+            .unwrap_or_default();
+        let synced = self.upstream.sync(held).await?;
+        let now = (self.now)();
+        let revoked: HashSet<&str> = synced.revoked.iter().map(String::as_str).collect();
+
+        let mut keep: HashMap<String, Svid> = HashMap::new();
+        let mut bundle_changed = false;
+        if let Ok(mut s) = self.state.write() {
+            bundle_changed = s.bundle_der != synced.bundle_der || s.jwks != synced.jwks;
+            for x in s.svids.drain(..) {
+                keep.insert(x.spec.spiffe_id.clone(), x);
+            }
+        }
+        let mut fresh = Vec::with_capacity(synced.entries.len());
+        let mut due = Vec::new();
+        let before = keep.len();
+        for spec in &synced.entries {
+            match keep.remove(&spec.spiffe_id) {
+                Some(mut x)
+                    if x.spec.revision == spec.revision
+                        && now < x.renew_at
+                        && !revoked.contains(x.serial.as_str()) =>
+                {
+                    // selectors may change without a new SVID
+                    x.spec = spec.clone();
+                    if bundle_changed {
+                        x.material.bundle_der = synced.bundle_der.clone();
+                    }
+                    fresh.push(x);
+                }
+                Some(old) => due.push((spec.clone(), Some(old))),
+                None => due.push((spec.clone(), None)),
+            }
+        }
+        let removed = !keep.is_empty();
+        let mut changed = removed || bundle_changed || !due.is_empty() || before != fresh.len();
+
+        for chunk in due.chunks(SIGN_BATCH) {
+            let mut keys = Vec::with_capacity(chunk.len());
+            let mut reqs = Vec::with_capacity(chunk.len());
+            for (spec, _) in chunk {
+                let (key, csr) = key_and_csr(&spec.spiffe_id)?;
+                keys.push(key);
+                reqs.push((spec.spiffe_id.clone(), csr));
+            }
+            let results = match self.upstream.sign(reqs).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // keep serving the still-valid old SVIDs of this batch
+                    for (_, old) in chunk {
+                        if let Some(old) = old
+                            && now < old.not_after
+                            && !revoked.contains(old.serial.as_str())
+                        {
+                            fresh.push(Svid {
+                                spec: old.spec.clone(),
+                                serial: old.serial.clone(),
+                                not_after: old.not_after,
+                                renew_at: old.renew_at,
+                                material: old.material.clone(),
+                            });
+                        }
+                    }
+                    self.install(&synced, fresh);
+                    return Err(e);
+                }
+            };
+            for (((spec, _), key), result) in chunk.iter().zip(keys).zip(results) {
+                match result {
+                    Ok(signed) => {
+                        let not_after = from_unix(signed.not_after);
+                        let renew_at = now + (not_after - now) / 2;
+                        fresh.push(Svid {
+                            spec: spec.clone(),
+                            serial: signed.serial,
+                            not_after,
+                            renew_at,
+                            material: X509Material {
+                                spiffe_id: spec.spiffe_id.clone(),
+                                chain_der: signed.chain_der,
+                                key_pkcs8: key,
+                                bundle_der: synced.bundle_der.clone(),
+                                hint: String::new(),
+                            },
+                        });
+                    }
+                    Err(why) => {
+                        changed = true;
+                        tracing::warn!(spiffe_id = %spec.spiffe_id, %why, "the server did not sign");
+                    }
+                }
+            }
+        }
+        self.install(&synced, fresh);
+        if changed {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    fn install(&self, synced: &crate::upstream::Synced, svids: Vec<Svid>) {
+        if let Ok(mut s) = self.state.write() {
+            s.trust_domain_id = synced.trust_domain_id.clone();
+            s.bundle_der = synced.bundle_der.clone();
+            s.jwks = synced.jwks.clone();
+            s.svids = svids;
+        }
+    }
+
+    async fn jwt_for(
+        &self,
+        spiffe_id: String,
+        audience: Vec<String>,
+    ) -> Result<JwtMaterial, String> {
+        let now = (self.now)();
+        let key = (spiffe_id.clone(), audience.clone());
+        if let Some(hit) = self.jwts.lock().ok().and_then(|m| {
+            m.get(&key)
+                .filter(|c| now < c.renew_at)
+                .map(|c| c.token.clone())
+        }) {
+            return Ok(JwtMaterial {
+                spiffe_id,
+                token: hit,
+                hint: String::new(),
+            });
+        }
+        let signed = self
+            .upstream
+            .jwt(spiffe_id.clone(), audience)
+            .await
+            .map_err(|e| e.to_string())?;
+        let exp = from_unix(signed.expires_at);
+        if let Ok(mut m) = self.jwts.lock() {
+            m.retain(|_, c| now < c.renew_at);
+            m.insert(
+                key,
+                CachedJwt {
+                    token: signed.token.clone(),
+                    renew_at: now + (exp - now) / 2,
+                },
+            );
+        }
+        Ok(JwtMaterial {
+            spiffe_id,
+            token: signed.token,
+            hint: String::new(),
+        })
+    }
+}
+
+impl<U: Upstream> Provider for Agent<U> {
+    fn x509_svids(&self, selectors: &[Selector]) -> Vec<X509Material> {
+        let now = (self.now)();
+        self.state
+            .read()
+            .map(|s| {
+                s.svids
+                    .iter()
+                    .filter(|x| now < x.not_after && matches(&x.spec.selectors, selectors))
+                    .map(|x| x.material.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn x509_bundles(&self) -> HashMap<String, Vec<u8>> {
+        self.state
+            .read()
+            .map(|s| HashMap::from([(s.trust_domain_id.clone(), s.bundle_der.clone())]))
+            .unwrap_or_default()
+    }
+
+    fn jwt_bundles(&self) -> HashMap<String, Vec<u8>> {
+        self.state
+            .read()
+            .map(|s| HashMap::from([(s.trust_domain_id.clone(), s.jwks.clone())]))
+            .unwrap_or_default()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+
+    fn jwt_svids(
+        &self,
+        selectors: Vec<Selector>,
+        audience: Vec<String>,
+        spiffe_id: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<JwtMaterial>, String>> {
+        Box::pin(async move {
+            let ids: Vec<String> = self
+                .x509_svids(&selectors)
+                .into_iter()
+                .map(|m| m.spiffe_id)
+                .filter(|id| spiffe_id.as_ref().is_none_or(|want| want == id))
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(self.jwt_for(id, audience.clone()).await?);
+            }
+            Ok(out)
+        })
+    }
+}
