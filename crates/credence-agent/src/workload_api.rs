@@ -230,6 +230,7 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
         let stream = watch_stream(provider.changes(), move || {
             entitled(provider.as_ref(), &selectors)?;
             Ok(pb::X509BundlesResponse {
+                crl: provider.crls(),
                 bundles: provider.x509_bundles(),
             })
         });

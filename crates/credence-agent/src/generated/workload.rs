@@ -52,8 +52,13 @@ pub struct X509svid {
 pub struct X509BundlesRequest {}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct X509BundlesResponse {
-    /// x509 certificates, keyed by trust domain URI
-    #[prost(map = "string, bytes", tag = "1")]
+    /// Optional. ASN.1 DER encoded certificate revocation lists.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub crl: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// Required. CA certificate bundles belonging to trust domains that the
+    /// workload should trust, keyed by the SPIFFE ID of the trust domain.
+    /// Bundles are ASN.1 DER encoded.
+    #[prost(map = "string, bytes", tag = "2")]
     pub bundles: ::std::collections::HashMap<
         ::prost::alloc::string::String,
         ::prost::alloc::vec::Vec<u8>,

@@ -3,6 +3,7 @@
 //! port and drive it through its CLI and HTTP API, and check its output with
 //! tools others wrote (openssl, pkilint, pyjwt).
 
+mod agent;
 mod audit;
 mod cli;
 mod http;

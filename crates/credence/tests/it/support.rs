@@ -280,3 +280,63 @@ pub mod reqwest {
         }
     }
 }
+
+/// Is a Python module importable? In CI it must be.
+pub fn have_py(module: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python module {module} is required in CI (.ci/run installs it)"
+        );
+        eprintln!("skipping: python module {module} not installed");
+    }
+    found
+}
+
+/// A Workload API client over the Unix socket at `sock`.
+pub async fn workload_client(
+    sock: PathBuf,
+) -> credence_agent::generated::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(sock).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    credence_agent::generated::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        channel,
+    )
+}
+
+/// A request carrying the Workload API's security header.
+pub fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    r
+}
+
+/// Waits for a file to appear.
+pub fn wait_for(path: &Path, what: &str) {
+    let t0 = Instant::now();
+    while !path.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{what} did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,232 @@
+//! The standalone `credence agent` against a running server: join-token
+//! attestation, single-use tokens, re-attestation from the persisted SVID,
+//! the Workload API as seen by py-spiffe, and eviction.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use credence_agent::generated::workload as pb;
+
+use crate::support::{BIN, Dev, have_py, wait_for, with_header, workload_client};
+
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent_cmd(dev: &Dev, dir: &Path, token: Option<&str>) -> Command {
+    let addr = dev.path().join("agent-addr");
+    wait_for(&addr, "agent-addr");
+    let server = format!("https://{}", std::fs::read_to_string(addr).unwrap().trim());
+    let mut c = Command::new(BIN);
+    c.args(["agent", "--server", &server, "--trust-bundle"])
+        .arg(dev.path().join("bundle.pem"))
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("CREDENCE_DATA_DIR")
+        .env_remove("CREDENCE_JOIN_TOKEN");
+    if let Some(t) = token {
+        c.args(["--join-token", t]);
+    }
+    c
+}
+
+fn start_agent(dev: &Dev, dir: &Path, token: Option<&str>) -> Agent {
+    let socket = dir.join("agent.sock");
+    let _ = std::fs::remove_file(&socket);
+    let child = agent_cmd(dev, dir, token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&socket, "the agent's socket");
+    Agent { child, socket }
+}
+
+fn uid() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+async fn first_svid(sock: PathBuf) -> pb::X509svidResponse {
+    let mut c = workload_client(sock).await;
+    let mut s = c
+        .fetch_x509svid(with_header(pb::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+fn serial_of(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    hex::encode(cert.raw_serial())
+}
+
+const PY_CLIENT: &str = r#"
+import sys
+from spiffe import WorkloadApiClient
+c = WorkloadApiClient(socket_path="unix://" + sys.argv[1])
+svid = c.fetch_x509_svid()
+print("x509", svid.spiffe_id)
+bundles = c.fetch_x509_bundles()
+print("x509-bundle", bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain) is not None)
+jwt = c.fetch_jwt_svid(audience={"svc-b"})
+print("jwt", jwt.spiffe_id)
+ok = c.validate_jwt_svid(jwt.token, "svc-b")
+print("validated", ok.spiffe_id)
+try:
+    c.validate_jwt_svid(jwt.token, "another-audience")
+    print("wrong-audience accepted")
+except Exception:
+    print("wrong-audience refused")
+jb = c.fetch_jwt_bundles()
+print("jwt-bundle", jb.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain) is not None)
+"#;
+
+#[test]
+fn agent_attests_serves_survives_restart_and_is_evicted() {
+    let dev = Dev::start();
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/agent-wl",
+        "--kind",
+        "workload",
+        "--owner",
+        "o",
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+    ]);
+    let token = dev.json(&["node", "token", "create", "--ttl", "10m"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = start_agent(&dev, dir.path(), Some(&token));
+
+    // the token cannot be used twice
+    let other = tempfile::tempdir().unwrap();
+    let o = agent_cmd(&dev, other.path(), Some(&token))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("join token"), "{err}");
+
+    let nodes = dev.json(&["node", "list"]);
+    let nodes = nodes["items"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let node_id = nodes[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(nodes[0]["status"], "active");
+    assert_eq!(
+        nodes[0]["spiffe_id"],
+        format!("spiffe://example.org/credence/agent/{node_id}")
+    );
+    // the agent key and SVID are kept, the key private
+    let key_mode = std::fs::metadata(dir.path().join("agent.key"))
+        .unwrap()
+        .mode();
+    assert_eq!(key_mode & 0o077, 0, "agent.key must be private");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = rt.block_on(first_svid(agent.socket.clone()));
+    assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/agent-wl");
+    let serial = serial_of(&first.svids[0].x509_svid);
+    let cred = dev.http().get(&format!("/v1/credentials/{serial}")).json();
+    assert_eq!(cred["spiffe_id"], "spiffe://example.org/agent-wl");
+
+    // py-spiffe, a client we did not write
+    if have_py("spiffe") {
+        let o = Command::new("python3")
+            .args(["-c", PY_CLIENT])
+            .arg(&agent.socket)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for want in [
+            "x509 spiffe://example.org/agent-wl",
+            "x509-bundle True",
+            "jwt spiffe://example.org/agent-wl",
+            "validated spiffe://example.org/agent-wl",
+            "wrong-audience refused",
+            "jwt-bundle True",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
+
+    // a restart re-attests with the persisted SVID: no token, same node
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    drop(agent);
+    let agent = start_agent(&dev, dir.path(), None);
+    let again = rt.block_on(first_svid(agent.socket.clone()));
+    assert_eq!(again.svids[0].spiffe_id, "spiffe://example.org/agent-wl");
+    assert_eq!(
+        dev.json(&["node", "list"])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // eviction: the agent is refused, its workloads' SVIDs are revoked
+    let held = serial_of(&again.svids[0].x509_svid);
+    let mut agent = agent;
+    rt.block_on(async {
+        let mut c = workload_client(agent.socket.clone()).await;
+        let mut s = c
+            .fetch_x509svid(with_header(pb::X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        s.message().await.unwrap().unwrap();
+        let v = dev.json(&["node", "evict", &node_id]);
+        assert!(
+            v["revoked"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == held.as_str()),
+            "{v}"
+        );
+        let end = tokio::time::timeout(Duration::from_secs(5), s.message())
+            .await
+            .expect("the stream hears of the eviction");
+        assert!(
+            matches!(&end, Err(e) if e.code() == tonic::Code::PermissionDenied)
+                || matches!(&end, Ok(None)),
+            "{end:?}"
+        );
+    });
+    let status = agent.child.wait().unwrap();
+    assert!(!status.success(), "an evicted agent stops");
+    assert_eq!(dev.json(&["node", "show", &node_id])["status"], "evicted");
+    assert!(!dir.path().join("agent.pem").exists());
+    // and cannot come back without a new token
+    let o = agent_cmd(&dev, dir.path(), None).output().unwrap();
+    assert!(!o.status.success());
+}
