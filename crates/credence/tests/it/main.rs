@@ -9,5 +9,6 @@ mod cli;
 mod http;
 mod interop;
 mod lifecycle;
+mod mtls;
 mod support;
 mod workload;
