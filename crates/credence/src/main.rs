@@ -6,6 +6,7 @@ mod bench;
 mod client;
 mod commands;
 mod dev_agent;
+mod workload_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,6 +83,14 @@ enum Cmd {
     Node(commands::NodeCmd),
     /// Run the node agent: attest, then serve the SPIFFE Workload API
     Agent(agent_cmd::AgentArgs),
+    /// Ask the Workload API what this process gets (X509-SVIDs, JWT-SVIDs)
+    Workload {
+        /// The agent's socket (default: $SPIFFE_ENDPOINT_SOCKET)
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: workload_cmd::WorkloadCmd,
+    },
     /// Fetch the current CRL (DER) of the active intermediate
     Crl {
         /// Write to this file instead of stdout
@@ -170,6 +179,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::server(&config).await
         }
         Cmd::Bench(b) => bench::run(b).await,
+        Cmd::Workload { socket, cmd } => workload_cmd::run(cmd, socket, cli.conn.json).await,
         Cmd::Agent(a) => {
             init_tracing();
             agent_cmd::run(a, cli.conn.data_dir.clone()).await
@@ -208,7 +218,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Node(c) => commands::node(&client, c, json).await,
                 Cmd::Crl { out } => commands::crl(&client, out).await,
                 Cmd::Audit(a) => audit_cmd::run(Some(&client), a, json).await,
-                Cmd::Dev(_) | Cmd::Server { .. } | Cmd::Bench(_) | Cmd::Agent(_) => Ok(()),
+                Cmd::Dev(_)
+                | Cmd::Server { .. }
+                | Cmd::Bench(_)
+                | Cmd::Agent(_)
+                | Cmd::Workload { .. } => Ok(()),
             }
         }
     }

@@ -2,7 +2,8 @@
 //! attestation, single-use tokens, re-attestation from the persisted SVID,
 //! the Workload API as seen by py-spiffe, and eviction.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -41,9 +42,15 @@ fn agent_cmd(dev: &Dev, dir: &Path, token: Option<&str>) -> Command {
 }
 
 fn start_agent(dev: &Dev, dir: &Path, token: Option<&str>) -> Agent {
-    let socket = dir.join("agent.sock");
+    start_agent_at(dev, dir, token, &dir.join("agent.sock"))
+}
+
+fn start_agent_at(dev: &Dev, dir: &Path, token: Option<&str>, socket: &Path) -> Agent {
+    let socket = socket.to_path_buf();
     let _ = std::fs::remove_file(&socket);
     let child = agent_cmd(dev, dir, token)
+        .arg("--socket")
+        .arg(&socket)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -229,4 +236,97 @@ fn agent_attests_serves_survives_restart_and_is_evicted() {
     // and cannot come back without a new token
     let o = agent_cmd(&dev, dir.path(), None).output().unwrap();
     assert!(!o.status.success());
+}
+
+const NOBODY: u32 = 65534;
+
+/// Runs `credence workload x509` as `uid`.
+fn fetch_as(uid: u32, socket: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--json", "workload", "--socket"])
+        .arg(socket)
+        .arg("x509")
+        .uid(uid)
+        .gid(uid)
+        .env_remove("CREDENCE_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_process_of_another_uid_gets_only_its_own_identity() {
+    if uid() != 0 {
+        eprintln!("skipping: running a process as another uid needs root");
+        return;
+    }
+    let probe = Command::new(BIN)
+        .arg("--version")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping: the credence binary is not reachable by uid {NOBODY}");
+        return;
+    }
+    let dev = Dev::start();
+    for (name, owner_uid) in [("root-only", 0), ("nobody-only", NOBODY)] {
+        dev.ok(&[
+            "identity",
+            "create",
+            "--spiffe-id",
+            &format!("spiffe://example.org/{name}"),
+            "--kind",
+            "workload",
+            "--owner",
+            "o",
+            "--selector",
+            &format!("unix:uid:{owner_uid}"),
+        ]);
+    }
+    let token = dev.json(&["node", "token", "create"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    // the socket's directory: writable by the agent only, reachable by all
+    let sock_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(sock_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = sock_dir.path().join("agent.sock");
+    let _agent = start_agent_at(&dev, dir.path(), Some(&token), &socket);
+
+    let ids = |o: std::process::Output| -> Vec<String> {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["svids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["spiffe_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    let mut mine = ids(fetch_as(0, &socket));
+    while mine.is_empty() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        mine = ids(fetch_as(0, &socket));
+    }
+    assert_eq!(mine, ["spiffe://example.org/root-only"]);
+    assert_eq!(
+        ids(fetch_as(NOBODY, &socket)),
+        ["spiffe://example.org/nobody-only"]
+    );
+    // with no identity of its own, the other uid is refused outright
+    dev.ok(&["identity", "delete", "spiffe://example.org/nobody-only"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let o = fetch_as(NOBODY, &socket);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PermissionDenied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        ids(fetch_as(0, &socket)),
+        ["spiffe://example.org/root-only"]
+    );
 }

@@ -154,7 +154,10 @@ fn mtls_between_two_workloads_then_revocation() {
         out.contains("server ok spiffe://example.org/svc-b"),
         "{out}"
     );
-    assert!(out.contains("client ok spiffe://example.org/svc-a"), "{out}");
+    assert!(
+        out.contains("client ok spiffe://example.org/svc-a"),
+        "{out}"
+    );
 
     // revoke svc-b: disable it (no new SVIDs) and revoke what it holds
     dev.ok(&["identity", "disable", "spiffe://example.org/svc-b"]);
