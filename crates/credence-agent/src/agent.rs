@@ -46,7 +46,7 @@ struct Svid {
 #[derive(Default)]
 struct State {
     trust_domain_id: String,
-    bundle_der: Vec<u8>,
+    bundle_der: Arc<Vec<u8>>,
     jwks: Vec<u8>,
     svids: Vec<Svid>,
 }
@@ -172,18 +172,21 @@ impl<U: Upstream> Agent<U> {
             .read()
             .map(|s| s.svids.iter().map(|x| x.serial.clone()).collect())
             .unwrap_or_default();
-        let synced = self.upstream.sync(held).await?;
+        let mut synced = self.upstream.sync(held).await?;
         let now = (self.now)();
-        let revoked: HashSet<&str> = synced.revoked.iter().map(String::as_str).collect();
-
         let mut keep: HashMap<String, Svid> = HashMap::new();
         let mut bundle_changed = false;
         if let Ok(mut s) = self.state.write() {
-            bundle_changed = s.bundle_der != synced.bundle_der || s.jwks != synced.jwks;
+            bundle_changed = *s.bundle_der != *synced.bundle_der || s.jwks != synced.jwks;
+            if !bundle_changed {
+                // one shared copy of the bundle across all SVIDs
+                synced.bundle_der = s.bundle_der.clone();
+            }
             for x in s.svids.drain(..) {
                 keep.insert(x.spec.spiffe_id.clone(), x);
             }
         }
+        let revoked: HashSet<&str> = synced.revoked.iter().map(String::as_str).collect();
         let mut fresh = Vec::with_capacity(synced.entries.len());
         let mut due = Vec::new();
         let before = keep.len();
@@ -340,7 +343,7 @@ impl<U: Upstream> Provider for Agent<U> {
     fn x509_bundles(&self) -> HashMap<String, Vec<u8>> {
         self.state
             .read()
-            .map(|s| HashMap::from([(s.trust_domain_id.clone(), s.bundle_der.clone())]))
+            .map(|s| HashMap::from([(s.trust_domain_id.clone(), s.bundle_der.to_vec())]))
             .unwrap_or_default()
     }
 

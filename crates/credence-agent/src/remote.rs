@@ -172,6 +172,16 @@ fn status_error(status: reqwest::StatusCode, body: &str) -> AgentError {
 }
 
 async fn post(c: &reqwest::Client, url: &str, body: Value) -> Result<Value, AgentError> {
+    post_as(c, url, body).await
+}
+
+/// POSTs JSON and decodes the answer straight into `T` (no intermediate
+/// `Value`: sync answers for thousands of entries stay small in memory).
+async fn post_as<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: &str,
+    body: Value,
+) -> Result<T, AgentError> {
     let resp = c
         .post(url)
         .json(&body)
@@ -180,14 +190,14 @@ async fn post(c: &reqwest::Client, url: &str, body: Value) -> Result<Value, Agen
         .await
         .map_err(|e| AgentError::Unavailable(format!("{url}: {e}")))?;
     let status = resp.status();
-    let text = resp
-        .text()
+    let body = resp
+        .bytes()
         .await
         .map_err(|e| AgentError::Unavailable(format!("{url}: {e}")))?;
     if !status.is_success() {
-        return Err(status_error(status, &text));
+        return Err(status_error(status, &String::from_utf8_lossy(&body)));
     }
-    serde_json::from_str(&text).map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
+    serde_json::from_slice(&body).map_err(|e| AgentError::Protocol(format!("{url}: {e}")))
 }
 
 /// Files of the agent's data directory.
@@ -512,6 +522,14 @@ fn key_and_csr_any() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), AgentError> {
 }
 
 #[derive(Deserialize)]
+struct WireSync {
+    entries: Vec<WireEntry>,
+    bundle_pem: String,
+    jwks: Value,
+    revoked: Vec<String>,
+}
+
+#[derive(Deserialize)]
 struct WireEntry {
     spiffe_id: String,
     selectors: Vec<Selector>,
@@ -529,10 +547,9 @@ impl Upstream for Arc<RemoteUpstream> {
     fn sync(&self, held: Vec<String>) -> BoxFuture<'_, Result<Synced, AgentError>> {
         Box::pin(async move {
             self.renew_if_due().await?;
-            let v = post(&self.http()?, &self.url("sync"), json!({"held": held})).await?;
-            let entries: Vec<WireEntry> = serde_json::from_value(v["entries"].clone())
-                .map_err(|e| AgentError::Protocol(format!("sync entries: {e}")))?;
-            let bundle_pem = v["bundle_pem"].as_str().unwrap_or_default();
+            let v: WireSync =
+                post_as(&self.http()?, &self.url("sync"), json!({"held": held})).await?;
+            let bundle_pem = v.bundle_pem.as_str();
             let bundle = pem_certs(bundle_pem)?;
             if !bundle.is_empty()
                 && let Ok(mut l) = self.link.write()
@@ -542,11 +559,10 @@ impl Upstream for Arc<RemoteUpstream> {
                 let _ = std::fs::write(self.files.bundle(), bundle_pem);
                 l.bundle = bundle;
             }
-            let revoked: Vec<String> = serde_json::from_value(v["revoked"].clone())
-                .map_err(|e| AgentError::Protocol(format!("sync revoked: {e}")))?;
             Ok(Synced {
                 trust_domain_id: self.cfg.trust_domain.id_string(),
-                entries: entries
+                entries: v
+                    .entries
                     .into_iter()
                     .map(|e| EntrySpec {
                         spiffe_id: e.spiffe_id,
@@ -554,9 +570,9 @@ impl Upstream for Arc<RemoteUpstream> {
                         revision: e.updated_at,
                     })
                     .collect(),
-                bundle_der: pem_to_der_concat(bundle_pem)?,
-                jwks: v["jwks"].to_string().into_bytes(),
-                revoked,
+                bundle_der: Arc::new(pem_to_der_concat(bundle_pem)?),
+                jwks: v.jwks.to_string().into_bytes(),
+                revoked: v.revoked,
             })
         })
     }

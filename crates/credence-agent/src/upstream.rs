@@ -41,7 +41,7 @@ pub struct Synced {
     pub trust_domain_id: String,
     pub entries: Vec<EntrySpec>,
     /// Root certificates, DER concatenated.
-    pub bundle_der: Vec<u8>,
+    pub bundle_der: std::sync::Arc<Vec<u8>>,
     /// JWKS document of the trust domain.
     pub jwks: Vec<u8>,
     /// The held serials that are revoked.

@@ -39,8 +39,9 @@ pub struct X509Material {
     pub chain_der: Vec<u8>,
     /// PKCS#8 DER.
     pub key_pkcs8: Vec<u8>,
-    /// The trust domain's CA certificates, DER concatenated.
-    pub bundle_der: Vec<u8>,
+    /// The trust domain's CA certificates, DER concatenated (shared by
+    /// every SVID of the cache).
+    pub bundle_der: Arc<Vec<u8>>,
     pub hint: String,
 }
 
@@ -209,7 +210,7 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
                         spiffe_id: m.spiffe_id,
                         x509_svid: m.chain_der,
                         x509_svid_key: m.key_pkcs8,
-                        bundle: m.bundle_der,
+                        bundle: m.bundle_der.as_ref().clone(),
                         hint: m.hint,
                     })
                     .collect(),

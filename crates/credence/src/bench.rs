@@ -48,6 +48,22 @@ pub enum BenchCmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Node agent: Workload API fetch latency, new-workload attestation to
+    /// first SVID, agent memory with many SVIDs, revocation push latency
+    Agent {
+        /// SVIDs the agent caches (identities registered for its node)
+        #[arg(long, default_value_t = 10_000)]
+        svids: usize,
+        /// Fetches measured on an attested workload's connection
+        #[arg(long, default_value_t = 2_000)]
+        fetches: usize,
+        /// New workload connections measured
+        #[arg(long, default_value_t = 300)]
+        connects: usize,
+        /// Revocations whose push to the workload's stream is timed
+        #[arg(long, default_value_t = 200)]
+        revocations: usize,
+    },
     /// Audit log: SHA-256 floor, durable appends, proofs and full
     /// verification on a large log
     Audit {
@@ -142,6 +158,15 @@ async fn register(svc: &Service, id: &SpiffeId) -> Result<(), CliError> {
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
+    if let BenchCmd::Agent {
+        svids,
+        fetches,
+        connects,
+        revocations,
+    } = cmd
+    {
+        return crate::bench_agent::run(svids, fetches, connects, revocations).await;
+    }
     if let BenchCmd::Audit {
         duration,
         concurrency,
@@ -482,11 +507,21 @@ async fn http_stage(
 }
 
 /// A plain-HTTP loopback server on a bench database.
-async fn start_server(
+pub(crate) async fn start_server(
     td: &TrustDomain,
     db_path: &std::path::Path,
     durability: Durability,
     token: &str,
+) -> Result<runtime::Running, CliError> {
+    start_server_with(td, db_path, durability, token, None).await
+}
+
+pub(crate) async fn start_server_with(
+    td: &TrustDomain,
+    db_path: &std::path::Path,
+    durability: Durability,
+    token: &str,
+    agent_listen: Option<std::net::SocketAddr>,
 ) -> Result<runtime::Running, CliError> {
     runtime::start(Options {
         trust_domain: td.clone(),
@@ -502,7 +537,7 @@ async fn start_server(
         clock: Arc::new(SystemClock),
         rng: Arc::new(credence_ca::SystemRandom),
         checkpoint_interval: Duration::from_secs(1),
-        agent_listen: None,
+        agent_listen,
     })
     .await
     .map_err(err)
@@ -581,7 +616,7 @@ fn sample_event(i: u64) -> credence_store::AuditRecord {
     e
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

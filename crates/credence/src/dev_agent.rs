@@ -61,7 +61,7 @@ impl Upstream for LocalUpstream {
                         revision: e.updated_at.unix_timestamp_nanos().to_string(),
                     })
                     .collect(),
-                bundle_der: pem_der(auth.bundle_pem()),
+                bundle_der: Arc::new(pem_der(auth.bundle_pem())),
                 jwks: auth.jwks().to_string().into_bytes(),
                 revoked,
             })

@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod audit_cmd;
 mod bench;
+mod bench_agent;
 mod client;
 mod commands;
 mod dev_agent;

@@ -62,7 +62,7 @@ pub(crate) fn material(id: &str, serial: u8) -> X509Material {
         spiffe_id: id.to_owned(),
         chain_der: vec![0x30, serial],
         key_pkcs8: vec![0x30, 0x00],
-        bundle_der: vec![0x30, 0x01],
+        bundle_der: Arc::new(vec![0x30, 0x01]),
         hint: String::new(),
     }
 }
