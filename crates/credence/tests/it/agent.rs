@@ -330,3 +330,40 @@ fn a_process_of_another_uid_gets_only_its_own_identity() {
         ["spiffe://example.org/root-only"]
     );
 }
+
+#[test]
+fn agent_keeps_serving_its_cache_while_the_server_is_down() {
+    let mut dev = Dev::start();
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/steady",
+        "--kind",
+        "workload",
+        "--owner",
+        "o",
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+    ]);
+    let token = dev.json(&["node", "token", "create"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&dev, dir.path(), Some(&token));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = rt.block_on(first_svid(agent.socket.clone()));
+    assert!(dev.stop().success());
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rt.block_on(first_svid(agent.socket.clone()));
+    assert_eq!(
+        serial_of(&after.svids[0].x509_svid),
+        serial_of(&before.svids[0].x509_svid),
+        "the cached SVID is still served"
+    );
+}

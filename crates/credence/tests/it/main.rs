@@ -10,5 +10,6 @@ mod http;
 mod interop;
 mod lifecycle;
 mod mtls;
+mod spiffe_crate;
 mod support;
 mod workload;
