@@ -35,12 +35,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Most CSRs sent in one call.
 const SIGN_BATCH: usize = 256;
 
+#[derive(Clone)]
 struct Svid {
     spec: EntrySpec,
     serial: String,
     not_after: OffsetDateTime,
     renew_at: OffsetDateTime,
-    material: X509Material,
+    material: Arc<X509Material>,
 }
 
 #[derive(Default)]
@@ -176,14 +177,15 @@ impl<U: Upstream> Agent<U> {
         let now = (self.now)();
         let mut keep: HashMap<String, Svid> = HashMap::new();
         let mut bundle_changed = false;
-        if let Ok(mut s) = self.state.write() {
+        // a snapshot: the cache keeps serving while this refresh signs
+        if let Ok(s) = self.state.read() {
             bundle_changed = *s.bundle_der != *synced.bundle_der || s.jwks != synced.jwks;
             if !bundle_changed {
                 // one shared copy of the bundle across all SVIDs
                 synced.bundle_der = s.bundle_der.clone();
             }
-            for x in s.svids.drain(..) {
-                keep.insert(x.spec.spiffe_id.clone(), x);
+            for x in &s.svids {
+                keep.insert(x.spec.spiffe_id.clone(), x.clone());
             }
         }
         let revoked: HashSet<&str> = synced.revoked.iter().map(String::as_str).collect();
@@ -200,7 +202,9 @@ impl<U: Upstream> Agent<U> {
                     // selectors may change without a new SVID
                     x.spec = spec.clone();
                     if bundle_changed {
-                        x.material.bundle_der = synced.bundle_der.clone();
+                        let mut m = (*x.material).clone();
+                        m.bundle_der = synced.bundle_der.clone();
+                        x.material = Arc::new(m);
                     }
                     fresh.push(x);
                 }
@@ -210,8 +214,20 @@ impl<U: Upstream> Agent<U> {
         }
         let removed = !keep.is_empty();
         let mut changed = removed || bundle_changed || !due.is_empty() || before != fresh.len();
+        // an old SVID still valid and not revoked is served until its
+        // replacement arrives; revoked and unregistered ones go at once
+        let usable = |o: &Option<Svid>| {
+            o.as_ref()
+                .filter(|o| now < o.not_after && !revoked.contains(o.serial.as_str()))
+                .cloned()
+        };
+        if !due.is_empty() {
+            let mut interim = fresh.clone();
+            interim.extend(due.iter().filter_map(|(_, o)| usable(o)));
+            self.install(&synced, interim);
+        }
 
-        for chunk in due.chunks(SIGN_BATCH) {
+        for (n, chunk) in due.chunks(SIGN_BATCH).enumerate() {
             let mut keys = Vec::with_capacity(chunk.len());
             let mut reqs = Vec::with_capacity(chunk.len());
             for (spec, _) in chunk {
@@ -222,22 +238,13 @@ impl<U: Upstream> Agent<U> {
             let results = match self.upstream.sign(reqs).await {
                 Ok(r) => r,
                 Err(e) => {
-                    // keep serving the still-valid old SVIDs of this batch
-                    for (_, old) in chunk {
-                        if let Some(old) = old
-                            && now < old.not_after
-                            && !revoked.contains(old.serial.as_str())
-                        {
-                            fresh.push(Svid {
-                                spec: old.spec.clone(),
-                                serial: old.serial.clone(),
-                                not_after: old.not_after,
-                                renew_at: old.renew_at,
-                                material: old.material.clone(),
-                            });
-                        }
-                    }
+                    // keep serving the still-valid old SVIDs not yet replaced
+                    let rest = due.get(n * SIGN_BATCH..).unwrap_or_default();
+                    fresh.extend(rest.iter().filter_map(|(_, o)| usable(o)));
                     self.install(&synced, fresh);
+                    if changed {
+                        self.bump();
+                    }
                     return Err(e);
                 }
             };
@@ -251,13 +258,13 @@ impl<U: Upstream> Agent<U> {
                             serial: signed.serial,
                             not_after,
                             renew_at,
-                            material: X509Material {
+                            material: Arc::new(X509Material {
                                 spiffe_id: spec.spiffe_id.clone(),
                                 chain_der: signed.chain_der,
                                 key_pkcs8: key,
                                 bundle_der: synced.bundle_der.clone(),
                                 hint: String::new(),
-                            },
+                            }),
                         });
                     }
                     Err(why) => {
@@ -334,7 +341,7 @@ impl<U: Upstream> Provider for Agent<U> {
                 s.svids
                     .iter()
                     .filter(|x| now < x.not_after && matches(&x.spec.selectors, selectors))
-                    .map(|x| x.material.clone())
+                    .map(|x| x.material.as_ref().clone())
                     .collect()
             })
             .unwrap_or_default()

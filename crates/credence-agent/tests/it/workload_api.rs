@@ -260,3 +260,87 @@ async fn digest_selector_matches_the_running_binary() {
         "spiffe://example.org/d"
     );
 }
+
+#[tokio::test]
+async fn bad_tokens_oversized_requests_and_rude_peers_are_survived() {
+    use base64::Engine;
+    use tokio::io::AsyncWriteExt;
+    let mem = Mem::new();
+    mem.set(vec![(
+        vec![sel(&format!("unix:uid:{}", my_uid()))],
+        material("spiffe://example.org/me", 1),
+    )]);
+    let (_d, path, _stop) = start(mem).await;
+    let mut c = client(path.clone()).await;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let forged = [
+        "not a jwt".to_owned(),
+        format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","kid":"k"}"#),
+            b64(r#"{"sub":"spiffe://example.org/me","aud":"a","exp":9999999999}"#)
+        ),
+        format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"HS256","kid":"k"}"#),
+            b64(r#"{"sub":"spiffe://example.org/me","aud":"a","exp":9999999999}"#),
+            b64("sig")
+        ),
+        format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"ES256","kid":"k"}"#),
+            b64(r#"{"sub":"spiffe://other.org/x","aud":"a","exp":9999999999}"#),
+            b64("sig")
+        ),
+        "a".repeat(100_000),
+    ];
+    for t in forged {
+        let e = c
+            .validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest {
+                audience: "a".into(),
+                svid: t,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    // larger than the server's message limit (4 MiB)
+    let e = c
+        .validate_jwtsvid(with_header(pb::ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: "a".repeat(5 << 20),
+        }))
+        .await
+        .unwrap_err();
+    assert_ne!(e.code(), Code::Ok);
+    // JWT-SVIDs need an audience
+    let e = c
+        .fetch_jwtsvid(with_header(pb::JwtsvidRequest {
+            audience: vec![],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // a client that leaves mid-stream, and one that sends garbage
+    for _ in 0..20 {
+        let mut c2 = client(path.clone()).await;
+        let s = c2
+            .fetch_x509svid(with_header(pb::X509svidRequest {}))
+            .await
+            .unwrap();
+        drop(s);
+        drop(c2);
+        let mut raw = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let _ = raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x05\x01\x05\x00\x00\x00\x01\xff\xff\xff\xff\xff").await;
+        drop(raw);
+    }
+    // still serving
+    let mut s = c
+        .fetch_x509svid(with_header(pb::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = s.message().await.unwrap().unwrap();
+    assert_eq!(m.svids[0].spiffe_id, "spiffe://example.org/me");
+}

@@ -185,6 +185,51 @@ fn agent_attests_serves_survives_restart_and_is_evicted() {
         }
     }
 
+    // an identity restricted to another node is not served here, until it
+    // is restricted to this one
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/pinned",
+        "--kind",
+        "workload",
+        "--owner",
+        "o",
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+        "--node",
+        &"f".repeat(32),
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let ids = |r: &pb::X509svidResponse| {
+        let mut v: Vec<String> = r.svids.iter().map(|s| s.spiffe_id.clone()).collect();
+        v.sort();
+        v
+    };
+    let got = rt.block_on(first_svid(agent.socket.clone()));
+    assert_eq!(ids(&got), ["spiffe://example.org/agent-wl"]);
+    dev.ok(&[
+        "identity",
+        "update",
+        "spiffe://example.org/pinned",
+        "--node",
+        &node_id,
+    ]);
+    let t0 = std::time::Instant::now();
+    let mut got = rt.block_on(first_svid(agent.socket.clone()));
+    while got.svids.len() < 2 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+        got = rt.block_on(first_svid(agent.socket.clone()));
+    }
+    assert_eq!(
+        ids(&got),
+        [
+            "spiffe://example.org/agent-wl",
+            "spiffe://example.org/pinned"
+        ]
+    );
+
     // a restart re-attests with the persisted SVID: no token, same node
     let _ = agent.child.kill();
     let _ = agent.child.wait();
