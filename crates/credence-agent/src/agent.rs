@@ -22,7 +22,7 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA25
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use credence_core::Selector;
+use credence_core::{Clock, Selector, SystemClock};
 
 use crate::attest::matches;
 use crate::upstream::{AgentError, EntrySpec, Upstream};
@@ -63,7 +63,7 @@ pub struct Agent<U> {
     state: RwLock<State>,
     jwts: Mutex<HashMap<(String, Vec<String>), CachedJwt>>,
     tx: watch::Sender<u64>,
-    now: fn() -> OffsetDateTime,
+    clock: Arc<dyn Clock>,
 }
 
 /// A P-256 key and a CSR for `spiffe_id` over it (PKCS#8 DER, CSR DER).
@@ -86,12 +86,17 @@ fn from_unix(t: i64) -> OffsetDateTime {
 
 impl<U: Upstream> Agent<U> {
     pub fn new(upstream: U) -> Arc<Self> {
+        Self::with_clock(upstream, Arc::new(SystemClock))
+    }
+
+    /// With an injected clock (tests drive rotation without sleeping).
+    pub fn with_clock(upstream: U, clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Self {
             upstream,
             state: RwLock::new(State::default()),
             jwts: Mutex::new(HashMap::new()),
             tx: watch::channel(0).0,
-            now: OffsetDateTime::now_utc,
+            clock,
         })
     }
 
@@ -151,7 +156,7 @@ impl<U: Upstream> Agent<U> {
     }
 
     fn next_wake(&self) -> Duration {
-        let now = (self.now)();
+        let now = self.clock.now();
         self.state
             .read()
             .ok()
@@ -174,7 +179,7 @@ impl<U: Upstream> Agent<U> {
             .map(|s| s.svids.iter().map(|x| x.serial.clone()).collect())
             .unwrap_or_default();
         let mut synced = self.upstream.sync(held).await?;
-        let now = (self.now)();
+        let now = self.clock.now();
         let mut keep: HashMap<String, Svid> = HashMap::new();
         let mut bundle_changed = false;
         // a snapshot: the cache keeps serving while this refresh signs
@@ -295,7 +300,7 @@ impl<U: Upstream> Agent<U> {
         spiffe_id: String,
         audience: Vec<String>,
     ) -> Result<JwtMaterial, String> {
-        let now = (self.now)();
+        let now = self.clock.now();
         let key = (spiffe_id.clone(), audience.clone());
         if let Some(hit) = self.jwts.lock().ok().and_then(|m| {
             m.get(&key)
@@ -334,7 +339,7 @@ impl<U: Upstream> Agent<U> {
 
 impl<U: Upstream> Provider for Agent<U> {
     fn x509_svids(&self, selectors: &[Selector]) -> Vec<X509Material> {
-        let now = (self.now)();
+        let now = self.clock.now();
         self.state
             .read()
             .map(|s| {
@@ -384,5 +389,145 @@ impl<U: Upstream> Provider for Agent<U> {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{Signed, SignedJwt, Synced};
+    use credence_core::ManualClock;
+
+    /// An upstream whose entries, revocations and failures the test sets;
+    /// it "signs" by numbering serials.
+    struct Fake {
+        clock: Arc<ManualClock>,
+        entries: Mutex<Vec<EntrySpec>>,
+        revoked: Mutex<Vec<String>>,
+        fail_sign: Mutex<bool>,
+        next: Mutex<u32>,
+        tx: watch::Sender<u64>,
+    }
+
+    impl Upstream for Arc<Fake> {
+        fn sync(&self, _held: Vec<String>) -> BoxFuture<'_, Result<Synced, AgentError>> {
+            Box::pin(async move {
+                Ok(Synced {
+                    trust_domain_id: "spiffe://example.org".into(),
+                    entries: self.entries.lock().unwrap().clone(),
+                    bundle_der: Arc::new(vec![1, 2, 3]),
+                    jwks: b"{}".to_vec(),
+                    revoked: self.revoked.lock().unwrap().clone(),
+                })
+            })
+        }
+        fn sign(
+            &self,
+            requests: Vec<(String, Vec<u8>)>,
+        ) -> BoxFuture<'_, Result<Vec<Result<Signed, String>>, AgentError>> {
+            Box::pin(async move {
+                if *self.fail_sign.lock().unwrap() {
+                    return Err(AgentError::Unavailable("down".into()));
+                }
+                let exp = (self.clock.now() + time::Duration::hours(1)).unix_timestamp();
+                Ok(requests
+                    .into_iter()
+                    .map(|(id, _)| {
+                        let mut n = self.next.lock().unwrap();
+                        *n += 1;
+                        Ok(Signed {
+                            spiffe_id: id,
+                            serial: format!("s{n}"),
+                            not_after: exp,
+                            chain_der: vec![0x30],
+                        })
+                    })
+                    .collect())
+            })
+        }
+        fn jwt(&self, _: String, _: Vec<String>) -> BoxFuture<'_, Result<SignedJwt, AgentError>> {
+            Box::pin(async { Err(AgentError::Unavailable("no".into())) })
+        }
+        fn changes(&self) -> watch::Receiver<u64> {
+            self.tx.subscribe()
+        }
+    }
+
+    fn spec(id: &str, rev: &str) -> EntrySpec {
+        EntrySpec {
+            spiffe_id: format!("spiffe://example.org/{id}"),
+            selectors: vec![Selector::parse("unix:uid:1").unwrap()],
+            revision: rev.into(),
+        }
+    }
+
+    fn serials<U: Upstream>(a: &Agent<U>) -> Vec<String> {
+        let mut v: Vec<String> = a
+            .state
+            .read()
+            .unwrap()
+            .svids
+            .iter()
+            .map(|x| x.serial.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn rotates_at_half_life_replaces_revoked_and_survives_outages() {
+        let clock = ManualClock::new(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
+        let fake = Arc::new(Fake {
+            clock: clock.clone(),
+            entries: Mutex::new(vec![spec("a", "1"), spec("b", "1")]),
+            revoked: Mutex::new(vec![]),
+            fail_sign: Mutex::new(false),
+            next: Mutex::new(0),
+            tx: watch::channel(0).0,
+        });
+        let agent = Agent::with_clock(fake.clone(), clock.clone());
+        let me = [Selector::parse("unix:uid:1").unwrap()];
+        agent.refresh().await.unwrap();
+        assert_eq!(serials(&agent), ["s1", "s2"]);
+        assert_eq!(agent.x509_svids(&me).len(), 2);
+
+        // before half-life nothing changes; after it, both are re-signed
+        clock.advance(time::Duration::minutes(29));
+        agent.refresh().await.unwrap();
+        assert_eq!(serials(&agent), ["s1", "s2"]);
+        clock.advance(time::Duration::minutes(2));
+        agent.refresh().await.unwrap();
+        assert_eq!(serials(&agent), ["s3", "s4"]);
+
+        // a revoked serial is replaced; a changed registration is re-signed
+        fake.revoked.lock().unwrap().push("s3".into());
+        *fake.entries.lock().unwrap() = vec![spec("a", "1"), spec("b", "2")];
+        agent.refresh().await.unwrap();
+        assert_eq!(serials(&agent), ["s5", "s6"]);
+
+        // the server cannot sign: valid old SVIDs stay served
+        fake.revoked.lock().unwrap().clear();
+        *fake.fail_sign.lock().unwrap() = true;
+        clock.advance(time::Duration::minutes(31));
+        assert!(agent.refresh().await.is_err());
+        assert_eq!(serials(&agent), ["s5", "s6"]);
+        // ... until they expire
+        clock.advance(time::Duration::minutes(30));
+        assert!(agent.x509_svids(&me).is_empty());
+        *fake.fail_sign.lock().unwrap() = false;
+        agent.refresh().await.unwrap();
+        assert_eq!(agent.x509_svids(&me).len(), 2);
+
+        // unregistered: gone at once; other workloads see nothing
+        *fake.entries.lock().unwrap() = vec![spec("a", "1")];
+        agent.refresh().await.unwrap();
+        assert_eq!(agent.x509_svids(&me).len(), 1);
+        assert!(
+            agent
+                .x509_svids(&[Selector::parse("unix:uid:2").unwrap()])
+                .is_empty()
+        );
+        agent.clear();
+        assert!(agent.x509_svids(&me).is_empty());
     }
 }

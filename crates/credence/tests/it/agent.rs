@@ -103,6 +103,58 @@ jb = c.fetch_jwt_bundles()
 print("jwt-bundle", jb.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain) is not None)
 "#;
 
+const PY_STREAM: &str = r#"
+import sys, threading
+from spiffe import WorkloadApiClient
+c = WorkloadApiClient(socket_path="unix://" + sys.argv[1])
+seen = []
+rotated = threading.Event()
+def ok(ctx):
+    serial = format(ctx.default_svid.leaf.serial_number, "x")
+    if not seen or seen[-1] != serial:
+        seen.append(serial)
+        print("serial", serial, flush=True)
+    if len(seen) >= 2:
+        rotated.set()
+def err(e):
+    print("error", e, flush=True)
+h = c.stream_x509_contexts(on_success=ok, on_error=err, retry_connect=False)
+sys.stdin.readline()
+print("rotated" if rotated.wait(10) else "no rotation", flush=True)
+h.cancel()
+"#;
+
+/// py-spiffe's stream sees a new SVID after the current one is revoked.
+fn py_spiffe_sees_rotation(dev: &Dev, socket: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new("python3")
+        .args(["-c", PY_STREAM])
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let serial = line
+        .trim()
+        .strip_prefix("serial ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    // py-spiffe prints the serial as a number: no leading zeros
+    dev.ok(&["revoke", "--serial", &format!("{serial:0>32}")]);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    for l in out.lines() {
+        rest.push_str(&l.unwrap());
+        rest.push('\n');
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(rest.contains("rotated"), "{line}{rest}");
+}
+
 #[test]
 fn agent_attests_serves_survives_restart_and_is_evicted() {
     let dev = Dev::start();
@@ -173,6 +225,7 @@ fn agent_attests_serves_survives_restart_and_is_evicted() {
             "{out}\n{}",
             String::from_utf8_lossy(&o.stderr)
         );
+        py_spiffe_sees_rotation(&dev, &agent.socket);
         for want in [
             "x509 spiffe://example.org/agent-wl",
             "x509-bundle True",
