@@ -8,7 +8,7 @@
 //! registration change, revocation) and end when the client goes away.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -315,6 +315,34 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
     }
 }
 
+/// Creates the socket's directory (0755) if missing, and refuses one that
+/// other users may write to: they could replace the socket with their own
+/// and impersonate the agent to every workload.
+pub fn prepare_socket_dir(path: &Path) -> Result<(), std::io::Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "socket directory {} is writable by other users (mode {:o}); use a directory only the agent can write, e.g. /run/credence with mode 0755",
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Serves the Workload API on a Unix socket at `path` until `shutdown`
 /// resolves. A stale socket file is replaced. The socket is made
 /// connectable by every local user (0666): access is decided by attestation
@@ -325,6 +353,7 @@ pub async fn serve<P: Provider>(
     provider: Arc<P>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), std::io::Error> {
+    prepare_socket_dir(path)?;
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -339,4 +368,26 @@ pub async fn serve<P: Provider>(
         .map_err(std::io::Error::other);
     let _ = std::fs::remove_file(path);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_dir_must_not_be_writable_by_others() {
+        let d = tempfile::tempdir().unwrap();
+        let open = d.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = prepare_socket_dir(&open.join("agent.sock")).unwrap_err();
+        assert!(e.to_string().contains("writable by other users"), "{e}");
+        let fresh = d.path().join("run/credence/agent.sock");
+        prepare_socket_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(d.path().join("run/credence"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+    }
 }
