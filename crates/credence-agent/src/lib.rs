@@ -53,6 +53,7 @@ pub async fn run_standalone(
         tracing::warn!(error = %e, "first sync failed; retrying in the background");
     }
     let watcher = tokio::spawn(up.clone().watch(stop.clone()));
+    let renewer = tokio::spawn(up.clone().renew_loop(stop.clone()));
     let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = {
         let agent: Arc<Agent<Arc<RemoteUpstream>>> = agent.clone();
@@ -72,6 +73,7 @@ pub async fn run_standalone(
     }
     let _ = stop_socket.send(());
     watcher.abort();
+    renewer.abort();
     match server.await {
         Ok(Err(e)) => tracing::error!(error = %e, "Workload API stopped"),
         Err(e) => tracing::error!(error = %e, "Workload API task failed"),

@@ -116,8 +116,10 @@ fn pem_certs(pem_text: &str) -> Result<Vec<CertificateDer<'static>>, AgentError>
 struct AgentSvid {
     chain: Vec<CertificateDer<'static>>,
     key: Zeroizing<Vec<u8>>,
-    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// Half the lifetime left when it was obtained or loaded (notBefore is
+    /// backdated for clock skew, so it would make renewal too early).
+    renew_at: OffsetDateTime,
     spiffe_id: SpiffeId,
 }
 
@@ -272,8 +274,11 @@ fn agent_svid(chain_pem: &str, key: Zeroizing<Vec<u8>>) -> Result<AgentSvid, Age
     Ok(AgentSvid {
         chain,
         key,
-        not_before: info.not_before,
         not_after: info.not_after,
+        renew_at: {
+            let now = OffsetDateTime::now_utc();
+            now + (info.not_after - now) / 2
+        },
         spiffe_id: info.spiffe_id,
     })
 }
@@ -392,6 +397,46 @@ impl RemoteUpstream {
         })
     }
 
+    /// When the agent SVID is due for renewal (half its lifetime).
+    pub fn renew_at(&self) -> Option<OffsetDateTime> {
+        self.link.read().ok().map(|l| l.svid.renew_at)
+    }
+
+    /// Renews the agent SVID at half-life until `stop`, retrying with
+    /// backoff; a refusal (eviction) ends it, and the cache's next sync
+    /// reports it.
+    pub async fn renew_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wait = self
+                .renew_at()
+                .map(|t| t - OffsetDateTime::now_utc())
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(100));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            match self.renew_if_due().await {
+                Ok(()) => backoff = Duration::from_secs(1),
+                Err(AgentError::Refused(m)) => {
+                    tracing::error!(reason = %m, "agent SVID renewal refused");
+                    self.tx.send_modify(|n| *n = n.wrapping_add(1));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "agent SVID renewal failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
     /// This agent's SPIFFE ID.
     pub fn spiffe_id(&self) -> Option<SpiffeId> {
         self.link.read().ok().map(|l| l.svid.spiffe_id.clone())
@@ -415,8 +460,10 @@ impl RemoteUpstream {
                 .link
                 .read()
                 .map_err(|_| AgentError::Local("agent state poisoned".into()))?;
-            let half = l.svid.not_before + (l.svid.not_after - l.svid.not_before) / 2;
-            (OffsetDateTime::now_utc() >= half, l.svid.spiffe_id.clone())
+            (
+                OffsetDateTime::now_utc() >= l.svid.renew_at,
+                l.svid.spiffe_id.clone(),
+            )
         };
         if !due {
             return Ok(());

@@ -26,6 +26,7 @@ pub async fn dev(
     dir: PathBuf,
     listen: SocketAddr,
     agent_listen: Option<SocketAddr>,
+    agent_svid_ttl: time::Duration,
     trust_domain: &str,
     durability: &str,
 ) -> Result<(), CliError> {
@@ -48,7 +49,10 @@ pub async fn dev(
         tls: None,
         public_url: None,
         lifetimes: CaLifetimes::default(),
-        policy: IssuancePolicy::default(),
+        policy: IssuancePolicy {
+            agent_svid_ttl,
+            ..IssuancePolicy::default()
+        },
         clock: Arc::new(SystemClock),
         rng: Arc::new(rng),
         checkpoint_interval: std::time::Duration::from_secs(1),

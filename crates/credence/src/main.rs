@@ -120,6 +120,9 @@ struct DevArgs {
     /// Address of the agent API for `credence agent` (mTLS), or `off`
     #[arg(long, default_value = "127.0.0.1:8081")]
     agent_listen: String,
+    /// Lifetime of node agents' own X509-SVIDs (renewed at half-life)
+    #[arg(long, default_value = "1h")]
+    agent_svid_ttl: String,
 }
 
 fn main() {
@@ -166,10 +169,21 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     CliError(format!("--agent-listen {s:?}: {e} (an address, or off)"))
                 })?),
             };
+            let agent_svid_ttl = humantime::parse_duration(&a.agent_svid_ttl)
+                .ok()
+                .and_then(|d| time::Duration::try_from(d).ok())
+                .filter(|d| *d >= time::Duration::seconds(2))
+                .ok_or_else(|| {
+                    CliError(format!(
+                        "--agent-svid-ttl {:?}: expected a duration of at least 2s, e.g. 1h",
+                        a.agent_svid_ttl
+                    ))
+                })?;
             commands::dev(
                 data_dir,
                 a.listen,
                 agent_listen,
+                agent_svid_ttl,
                 &a.trust_domain,
                 &a.durability,
             )

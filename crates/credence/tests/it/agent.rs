@@ -465,3 +465,60 @@ fn agent_keeps_serving_its_cache_while_the_server_is_down() {
         "the cached SVID is still served"
     );
 }
+
+#[test]
+fn agent_renews_its_svid_and_the_server_its_own() {
+    let dev = Dev::start_with(tempfile::tempdir().unwrap(), &["--agent-svid-ttl", "4s"]);
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/renewed",
+        "--kind",
+        "workload",
+        "--owner",
+        "o",
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+    ]);
+    let token = dev.json(&["node", "token", "create"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&dev, dir.path(), Some(&token));
+    let node = dev.json(&["node", "list"])["items"][0].clone();
+    let id = node["id"].as_str().unwrap().to_owned();
+    let first = node["agent_serial"].as_str().unwrap().to_owned();
+    // well past the first SVID's expiry: renewed several times, still served
+    std::thread::sleep(Duration::from_secs(6));
+    let now = dev.json(&["node", "show", &id]);
+    assert_ne!(now["agent_serial"].as_str().unwrap(), first);
+    assert_eq!(now["status"], "active");
+    // the agent still talks to the server: a new registration reaches it
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/late",
+        "--kind",
+        "workload",
+        "--owner",
+        "o",
+        "--selector",
+        &format!("unix:uid:{}", uid()),
+    ]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut got = rt.block_on(first_svid(agent.socket.clone()));
+    while got.svids.len() < 2 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        got = rt.block_on(first_svid(agent.socket.clone()));
+    }
+    assert_eq!(got.svids.len(), 2, "the renewed agent keeps syncing");
+    assert!(!dir.path().join("agent.pem.tmp").exists());
+}

@@ -18,6 +18,11 @@ impl Dev {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts with extra `credence dev` flags.
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let _ = std::fs::remove_file(dir.path().join("addr"));
         let child = Command::new(BIN)
             .args([
@@ -29,6 +34,7 @@ impl Dev {
                 "--trust-domain",
                 "example.org",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.path())
             .env_remove("CREDENCE_ADDR")
