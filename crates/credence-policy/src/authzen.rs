@@ -1,0 +1,271 @@
+//! OpenID AuthZEN Authorization API 1.0 requests, mapped onto the engine.
+//!
+//! - `subject` and `resource` (`{type, id, properties?}`) become Cedar
+//!   entities `<namespace>::<type>::"<id>"` (a `type` that already contains
+//!   `::` is taken as is). Entities the store knows are used as stored;
+//!   otherwise `properties` are their attributes.
+//! - `action` (`{name, properties?}`) becomes `<namespace>::Action::"<name>"`;
+//!   its properties are passed in the Cedar context under `action`.
+//! - `context` is the Cedar context, except the key `explain`: when `true`,
+//!   the response's `context.reason` names the deciding policies and any
+//!   errors. Without it a decision carries no context (PEPs that compare
+//!   answers exactly, like the AuthZEN interop runner, see only
+//!   `{"decision": ...}`).
+//! - Unknown fields are ignored and `null` values dropped, as the
+//!   specification asks; a missing or mistyped required field is a
+//!   [`RequestError`] (HTTP 400) for a single evaluation, and a
+//!   `decision: false` with `context.error` for one item of a batch.
+
+use serde_json::{Map, Value, json};
+
+use crate::{Decision, Engine, EntityRef, Query};
+
+/// A request the PDP cannot evaluate at all (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RequestError(pub String);
+
+/// How AuthZEN names map to Cedar names.
+#[derive(Clone, Debug, Default)]
+pub struct Mapping {
+    /// Cedar namespace of types and actions given without one.
+    pub namespace: Option<String>,
+}
+
+impl Mapping {
+    fn kind(&self, t: &str) -> String {
+        match &self.namespace {
+            Some(ns) if !t.contains("::") => format!("{ns}::{t}"),
+            _ => t.to_owned(),
+        }
+    }
+
+    fn action_kind(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}::Action"),
+            None => "Action".to_owned(),
+        }
+    }
+}
+
+/// `evaluations_semantic` of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Semantic {
+    ExecuteAll,
+    DenyOnFirstDeny,
+    PermitOnFirstPermit,
+}
+
+/// One evaluated item: the question as understood (if it could be) and
+/// the decision, for the caller's audit record.
+#[derive(Clone, Debug)]
+pub struct Evaluated {
+    pub query: Option<Query>,
+    pub decision: Decision,
+    pub explain: bool,
+}
+
+/// The response body and every evaluation behind it.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub body: Value,
+    pub items: Vec<Evaluated>,
+}
+
+fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
+    v.as_object()
+        .ok_or_else(|| format!("{what} must be a JSON object"))
+}
+
+fn string(m: &Map<String, Value>, key: &str, what: &str) -> Result<String, String> {
+    match m.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err(format!("{what}.{key} must not be empty")),
+        Some(Value::Null) | None => Err(format!("{what}.{key} is required")),
+        Some(_) => Err(format!("{what}.{key} must be a string")),
+    }
+}
+
+fn properties(m: &Map<String, Value>, what: &str) -> Result<Map<String, Value>, String> {
+    match m.get("properties") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(p)) => Ok(p.clone()),
+        Some(_) => Err(format!("{what}.properties must be a JSON object")),
+    }
+}
+
+fn entity(
+    v: Option<&Value>,
+    what: &str,
+    map: &Mapping,
+) -> Result<(EntityRef, Map<String, Value>), String> {
+    let m = match v {
+        None | Some(Value::Null) => return Err(format!("{what} is required")),
+        Some(v) => obj(v, what)?,
+    };
+    let kind = string(m, "type", what)?;
+    let id = string(m, "id", what)?;
+    Ok((EntityRef::new(map.kind(&kind), id), properties(m, what)?))
+}
+
+/// The query of one (merged) evaluation request, and its explain flag.
+fn query(fields: &Map<String, Value>, map: &Mapping) -> Result<(Query, bool), String> {
+    let (principal, principal_attrs) = entity(fields.get("subject"), "subject", map)?;
+    let (resource, resource_attrs) = entity(fields.get("resource"), "resource", map)?;
+    let action = match fields.get("action") {
+        None | Some(Value::Null) => return Err("action is required".into()),
+        Some(v) => obj(v, "action")?,
+    };
+    let name = string(action, "name", "action")?;
+    let action_props = properties(action, "action")?;
+    let mut context = match fields.get("context") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(c)) => c.clone(),
+        Some(_) => return Err("context must be a JSON object".into()),
+    };
+    let explain = matches!(context.remove("explain"), Some(Value::Bool(true)));
+    if !action_props.is_empty() {
+        context.insert("action".into(), Value::Object(action_props));
+    }
+    Ok((
+        Query {
+            principal: Some(principal),
+            principal_attrs,
+            action: Some(EntityRef::new(map.action_kind(), name)),
+            resource: Some(resource),
+            resource_attrs,
+            context,
+        },
+        explain,
+    ))
+}
+
+fn response(d: &Decision, explain: bool) -> Value {
+    if explain {
+        json!({
+            "decision": d.allow,
+            "context": {"reason": {"policies": d.policies, "errors": d.errors}},
+        })
+    } else {
+        json!({ "decision": d.allow })
+    }
+}
+
+/// `POST /access/v1/evaluation`.
+pub fn evaluation(engine: &Engine, map: &Mapping, body: &Value) -> Result<Outcome, RequestError> {
+    let fields = obj(body, "the request body").map_err(RequestError)?;
+    let (q, explain) = query(fields, map).map_err(RequestError)?;
+    let decision = engine.decide(&q);
+    Ok(Outcome {
+        body: response(&decision, explain),
+        items: vec![Evaluated {
+            query: Some(q),
+            decision,
+            explain,
+        }],
+    })
+}
+
+const DEFAULTS: [&str; 4] = ["subject", "action", "resource", "context"];
+
+/// `POST /access/v1/evaluations`: top-level fields are defaults that an
+/// item's own fields replace as whole objects.
+pub fn evaluations(
+    engine: &Engine,
+    map: &Mapping,
+    body: &Value,
+    max_items: usize,
+) -> Result<Outcome, RequestError> {
+    let top = obj(body, "the request body").map_err(RequestError)?;
+    let semantic = match top.get("options") {
+        None | Some(Value::Null) => Semantic::ExecuteAll,
+        Some(Value::Object(o)) => match o.get("evaluations_semantic") {
+            None | Some(Value::Null) => Semantic::ExecuteAll,
+            Some(Value::String(s)) => match s.as_str() {
+                "execute_all" => Semantic::ExecuteAll,
+                "deny_on_first_deny" => Semantic::DenyOnFirstDeny,
+                "permit_on_first_permit" => Semantic::PermitOnFirstPermit,
+                other => {
+                    return Err(RequestError(format!(
+                        "options.evaluations_semantic {other:?} is not one of execute_all, deny_on_first_deny, permit_on_first_permit"
+                    )));
+                }
+            },
+            Some(_) => {
+                return Err(RequestError(
+                    "options.evaluations_semantic must be a string".into(),
+                ));
+            }
+        },
+        Some(_) => return Err(RequestError("options must be a JSON object".into())),
+    };
+    let items = match top.get("evaluations") {
+        None | Some(Value::Null) => return evaluation(engine, map, body),
+        Some(Value::Array(a)) if a.is_empty() => return evaluation(engine, map, body),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(RequestError("evaluations must be an array".into())),
+    };
+    if items.len() > max_items {
+        return Err(RequestError(format!(
+            "at most {max_items} evaluations per request"
+        )));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut evaluated = Vec::with_capacity(items.len());
+    for item in items {
+        let mut fields = Map::new();
+        for k in DEFAULTS {
+            if let Some(v) = top.get(k) {
+                fields.insert(k.to_owned(), v.clone());
+            }
+        }
+        let merged = match item.as_object() {
+            Some(own) => {
+                for (k, v) in own {
+                    if DEFAULTS.contains(&k.as_str()) {
+                        fields.insert(k.clone(), v.clone());
+                    }
+                }
+                query(&fields, map)
+            }
+            None => Err("each evaluation must be a JSON object".into()),
+        };
+        let (body, ev) = match merged {
+            Ok((q, explain)) => {
+                let d = engine.decide(&q);
+                (
+                    response(&d, explain),
+                    Evaluated {
+                        query: Some(q),
+                        decision: d,
+                        explain,
+                    },
+                )
+            }
+            Err(why) => (
+                json!({"decision": false, "context": {"error": {"status": 400, "message": why}}}),
+                Evaluated {
+                    query: None,
+                    decision: Decision {
+                        allow: false,
+                        policies: Vec::new(),
+                        errors: vec![why],
+                    },
+                    explain: false,
+                },
+            ),
+        };
+        let allow = ev.decision.allow;
+        out.push(body);
+        evaluated.push(ev);
+        match semantic {
+            Semantic::DenyOnFirstDeny if !allow => break,
+            Semantic::PermitOnFirstPermit if allow => break,
+            _ => {}
+        }
+    }
+    Ok(Outcome {
+        body: json!({ "evaluations": out }),
+        items: evaluated,
+    })
+}

@@ -1,0 +1,458 @@
+//! The compiled policy set, its scope index, the entity store, decisions.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, Schema,
+    ValidationMode, Validator,
+};
+use serde_json::{Map, Value};
+
+use crate::PolicyError;
+
+/// An entity named by its Cedar type (`Ns::Type`) and id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EntityRef {
+    pub kind: String,
+    pub id: String,
+}
+
+impl EntityRef {
+    pub fn new(kind: impl Into<String>, id: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            id: id.into(),
+        }
+    }
+}
+
+/// One authorization question.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub principal: Option<EntityRef>,
+    /// Attributes of the principal when the entity store does not know it.
+    pub principal_attrs: Map<String, Value>,
+    /// The action's entity: type `Ns::Action`, id its name.
+    pub action: Option<EntityRef>,
+    pub resource: Option<EntityRef>,
+    /// Attributes of the resource when the entity store does not know it.
+    pub resource_attrs: Map<String, Value>,
+    pub context: Map<String, Value>,
+}
+
+/// The answer. `allow` is true only when Cedar allowed and nothing erred.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Decision {
+    pub allow: bool,
+    /// The deciding policies: the satisfied `forbid`s on a deny, the
+    /// satisfied `permit`s on an allow; empty for a default deny.
+    pub policies: Vec<String>,
+    /// Why the decision had to deny (evaluation or request errors).
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    fn error(e: impl Into<String>) -> Self {
+        Self {
+            allow: false,
+            policies: Vec::new(),
+            errors: vec![e.into()],
+        }
+    }
+}
+
+/// Index key of one scope constraint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Uid(EntityUid),
+    Type(EntityTypeName),
+}
+
+/// Policies by the keys their scope constraint can match; `any` holds the
+/// unconstrained ones.
+#[derive(Default)]
+struct Dimension {
+    by_key: HashMap<Key, Vec<usize>>,
+    any: Vec<usize>,
+}
+
+impl Dimension {
+    fn add(&mut self, keys: Option<Vec<Key>>, i: usize) {
+        match keys {
+            None => self.any.push(i),
+            Some(ks) => {
+                for k in ks {
+                    self.by_key.entry(k).or_default().push(i);
+                }
+            }
+        }
+    }
+
+    /// Every policy this dimension allows for an entity with these keys.
+    fn candidates(&self, keys: &[Key]) -> BTreeSet<usize> {
+        let mut out: BTreeSet<usize> = self.any.iter().copied().collect();
+        for k in keys {
+            if let Some(v) = self.by_key.get(k) {
+                out.extend(v.iter().copied());
+            }
+        }
+        out
+    }
+}
+
+fn principal_keys(c: PrincipalConstraint) -> Option<Vec<Key>> {
+    match c {
+        PrincipalConstraint::Any => None,
+        PrincipalConstraint::In(u) | PrincipalConstraint::Eq(u) => Some(vec![Key::Uid(u)]),
+        PrincipalConstraint::Is(t) => Some(vec![Key::Type(t)]),
+        PrincipalConstraint::IsIn(_, u) => Some(vec![Key::Uid(u)]),
+    }
+}
+
+fn resource_keys(c: ResourceConstraint) -> Option<Vec<Key>> {
+    match c {
+        ResourceConstraint::Any => None,
+        ResourceConstraint::In(u) | ResourceConstraint::Eq(u) => Some(vec![Key::Uid(u)]),
+        ResourceConstraint::Is(t) => Some(vec![Key::Type(t)]),
+        ResourceConstraint::IsIn(_, u) => Some(vec![Key::Uid(u)]),
+    }
+}
+
+fn action_keys(c: ActionConstraint) -> Option<Vec<Key>> {
+    match c {
+        ActionConstraint::Any => None,
+        ActionConstraint::Eq(u) => Some(vec![Key::Uid(u)]),
+        ActionConstraint::In(us) => Some(us.into_iter().map(Key::Uid).collect()),
+    }
+}
+
+/// A validated policy set with its schema, scope index and entity store.
+pub struct Engine {
+    schema: Schema,
+    policies: Vec<Policy>,
+    principal: Dimension,
+    action: Dimension,
+    resource: Dimension,
+    /// The schema's action entities (action groups included).
+    actions: Entities,
+    store: Entities,
+    authorizer: Authorizer,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("policies", &self.policies.len())
+            .field("entities", &self.store.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a schema in Cedar syntax, or JSON when it starts with `{`.
+fn parse_schema(src: &str) -> Result<Schema, PolicyError> {
+    if src.trim_start().starts_with('{') {
+        Schema::from_json_str(src).map_err(|e| PolicyError::Schema(full(&e)))
+    } else {
+        Schema::from_cedarschema_str(src)
+            .map(|(s, _warnings)| s)
+            .map_err(|e| PolicyError::Schema(full(&e)))
+    }
+}
+
+/// A diagnostic with its related errors (Cedar's `Display` shows only the
+/// first of several).
+fn full(e: &dyn miette_like::Diag) -> String {
+    e.render()
+}
+
+mod miette_like {
+    /// What we need of a Cedar error: its message and those related to it.
+    pub trait Diag {
+        fn render(&self) -> String;
+    }
+    impl<T: std::fmt::Display + miette::Diagnostic> Diag for T {
+        fn render(&self) -> String {
+            let mut out = self.to_string();
+            if let Some(h) = self.help() {
+                out.push_str(&format!(" ({h})"));
+            }
+            if let Some(rel) = self.related() {
+                for r in rel {
+                    out.push_str("; ");
+                    out.push_str(&r.to_string());
+                }
+            }
+            out
+        }
+    }
+}
+
+impl Engine {
+    /// Parses and validates; lists every problem on failure.
+    pub fn compile(schema_src: &str, policies_src: &str) -> Result<Self, PolicyError> {
+        let schema = parse_schema(schema_src)?;
+        let parsed = PolicySet::from_str(policies_src).map_err(|errs| {
+            PolicyError::Invalid(errs.iter().map(|e| full(e)).collect::<Vec<_>>())
+        })?;
+        // name policies by @id, keeping source order
+        let mut named = Vec::new();
+        let mut seen = HashSet::new();
+        let mut problems = Vec::new();
+        let mut ordered: Vec<&Policy> = parsed.policies().collect();
+        ordered.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<u64>()
+                .unwrap_or(u64::MAX)
+        });
+        for p in ordered {
+            let id = p
+                .annotation("id")
+                .map(str::to_owned)
+                .unwrap_or_else(|| p.id().to_string());
+            if !seen.insert(id.clone()) {
+                problems.push(format!("two policies have the id {id:?}"));
+                continue;
+            }
+            named.push(p.new_id(PolicyId::new(id)));
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+        let set = PolicySet::from_policies(named.iter().cloned())
+            .map_err(|e| PolicyError::Invalid(vec![full(&e)]))?;
+        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if !result.validation_passed() {
+            return Err(PolicyError::Invalid(
+                result
+                    .validation_errors()
+                    .map(|e| format!("policy {}: {}", e.policy_id(), full(e)))
+                    .collect(),
+            ));
+        }
+        let actions = schema
+            .action_entities()
+            .map_err(|e| PolicyError::Schema(full(&e)))?;
+        let mut engine = Self {
+            schema,
+            policies: Vec::with_capacity(named.len()),
+            principal: Dimension::default(),
+            action: Dimension::default(),
+            resource: Dimension::default(),
+            actions,
+            store: Entities::empty(),
+            authorizer: Authorizer::new(),
+        };
+        for (i, p) in named.into_iter().enumerate() {
+            engine
+                .principal
+                .add(principal_keys(p.principal_constraint()), i);
+            engine.action.add(action_keys(p.action_constraint()), i);
+            engine
+                .resource
+                .add(resource_keys(p.resource_constraint()), i);
+            engine.policies.push(p);
+        }
+        Ok(engine)
+    }
+
+    /// Ids of the policies, in source order.
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.policies.iter().map(|p| p.id().to_string()).collect()
+    }
+
+    /// Replaces the entity store with a Cedar entities JSON document,
+    /// checked against the schema.
+    pub fn set_entities(&mut self, json: &Value) -> Result<usize, PolicyError> {
+        let store = Entities::from_json_value(json.clone(), Some(&self.schema))
+            .map_err(|e| PolicyError::Entities(full(&e)))?;
+        self.store = store;
+        Ok(self.store.len())
+    }
+
+    fn uid(r: &EntityRef) -> Result<EntityUid, String> {
+        let t = EntityTypeName::from_str(&r.kind)
+            .map_err(|e| format!("{:?} is not a valid entity type: {e}", r.kind))?;
+        Ok(EntityUid::from_type_name_and_id(t, EntityId::new(&r.id)))
+    }
+
+    /// The entity for `uid`: the store's, else one made from `attrs`.
+    fn entity(&self, uid: &EntityUid, attrs: &Map<String, Value>) -> Result<Entity, String> {
+        if let Some(e) = self.store.get(uid) {
+            return Ok(e.clone());
+        }
+        let mut clean = Map::new();
+        for (k, v) in attrs {
+            if let Some(v) = cedar_value(v) {
+                clean.insert(k.clone(), v);
+            }
+        }
+        let type_name = uid.type_name().to_string();
+        let id = uid.id().unescaped().to_owned();
+        Entity::from_json_value(
+            serde_json::json!({
+                "uid": {"type": type_name, "id": id},
+                "attrs": clean,
+                "parents": [],
+            }),
+            None,
+        )
+        .map_err(|e| format!("attributes of {uid}: {}", full(&e)))
+    }
+
+    /// Keys an entity is found under in the index: itself, its ancestors in
+    /// the store, its type.
+    fn keys_of(&self, uid: &EntityUid, within: &Entities) -> Vec<Key> {
+        let mut keys = vec![Key::Uid(uid.clone()), Key::Type(uid.type_name().clone())];
+        if let Some(anc) = within.ancestors(uid) {
+            keys.extend(anc.cloned().map(Key::Uid));
+        }
+        keys
+    }
+
+    /// The policies whose scope can match.
+    fn candidates(&self, p: &EntityUid, a: &EntityUid, r: &EntityUid) -> Vec<usize> {
+        let ps = self.principal.candidates(&self.keys_of(p, &self.store));
+        let acts = self.action.candidates(&self.keys_of(a, &self.actions));
+        let rs = self.resource.candidates(&self.keys_of(r, &self.store));
+        ps.into_iter()
+            .filter(|i| acts.contains(i) && rs.contains(i))
+            .collect()
+    }
+
+    /// Decides; never fails (see the crate docs).
+    pub fn decide(&self, q: &Query) -> Decision {
+        match self.try_decide(q) {
+            Ok(d) => d,
+            Err(e) => Decision::error(e),
+        }
+    }
+
+    fn try_decide(&self, q: &Query) -> Result<Decision, String> {
+        let need = |r: &Option<EntityRef>, what: &str| {
+            r.as_ref()
+                .ok_or_else(|| format!("the request names no {what}"))
+                .and_then(Self::uid)
+        };
+        let p = need(&q.principal, "principal")?;
+        let a = need(&q.action, "action")?;
+        let r = need(&q.resource, "resource")?;
+
+        // this request's entities: principal, resource, their ancestors
+        let mut slice: HashMap<EntityUid, Entity> = HashMap::new();
+        for (uid, attrs) in [(&p, &q.principal_attrs), (&r, &q.resource_attrs)] {
+            if slice.contains_key(uid) {
+                continue;
+            }
+            slice.insert(uid.clone(), self.entity(uid, attrs)?);
+            if let Some(anc) = self.store.ancestors(uid) {
+                for u in anc {
+                    if let Some(e) = self.store.get(u) {
+                        slice.entry(u.clone()).or_insert_with(|| e.clone());
+                    }
+                }
+            }
+        }
+        let entities = Entities::from_entities(
+            slice.into_values().chain(self.actions.iter().cloned()),
+            None,
+        )
+        .map_err(|e| format!("request entities: {}", full(&e)))?;
+
+        let mut ctx = Map::new();
+        for (k, v) in &q.context {
+            if let Some(v) = cedar_value(v) {
+                ctx.insert(k.clone(), v);
+            }
+        }
+        let context = Context::from_json_value(Value::Object(ctx), None)
+            .map_err(|e| format!("context: {}", full(&e)))?;
+        let request = Request::new(p.clone(), a.clone(), r.clone(), context, None)
+            .map_err(|e| format!("request: {}", full(&e)))?;
+
+        let set = PolicySet::from_policies(
+            self.candidates(&p, &a, &r)
+                .into_iter()
+                .filter_map(|i| self.policies.get(i).cloned()),
+        )
+        .map_err(|e| format!("policy slice: {}", full(&e)))?;
+        let resp = self.authorizer.is_authorized(&request, &set, &entities);
+        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+        Ok(Decision {
+            allow: resp.decision() == cedar_policy::Decision::Allow && errors.is_empty(),
+            policies: resp
+                .diagnostics()
+                .reason()
+                .map(|id| id.to_string())
+                .collect(),
+            errors,
+        })
+    }
+
+    /// The same decision with every policy evaluated (for benchmarks and
+    /// for checking the index).
+    pub fn decide_unindexed(&self, q: &Query) -> Decision {
+        let all = PolicySet::from_policies(self.policies.iter().cloned());
+        match (all, self.index_free_request(q)) {
+            (Ok(set), Ok((request, entities))) => {
+                let resp = self.authorizer.is_authorized(&request, &set, &entities);
+                let errors: Vec<String> =
+                    resp.diagnostics().errors().map(|e| e.to_string()).collect();
+                Decision {
+                    allow: resp.decision() == cedar_policy::Decision::Allow && errors.is_empty(),
+                    policies: resp
+                        .diagnostics()
+                        .reason()
+                        .map(|id| id.to_string())
+                        .collect(),
+                    errors,
+                }
+            }
+            (Err(e), _) => Decision::error(full(&e)),
+            (_, Err(e)) => Decision::error(e),
+        }
+    }
+
+    fn index_free_request(&self, q: &Query) -> Result<(Request, Entities), String> {
+        let need = |r: &Option<EntityRef>, what: &str| {
+            r.as_ref()
+                .ok_or_else(|| format!("the request names no {what}"))
+                .and_then(Self::uid)
+        };
+        let p = need(&q.principal, "principal")?;
+        let a = need(&q.action, "action")?;
+        let r = need(&q.resource, "resource")?;
+        let mut all: Vec<Entity> = self.store.iter().cloned().collect();
+        for (uid, attrs) in [(&p, &q.principal_attrs), (&r, &q.resource_attrs)] {
+            if self.store.get(uid).is_none() {
+                all.push(self.entity(uid, attrs)?);
+            }
+        }
+        let entities =
+            Entities::from_entities(all.into_iter().chain(self.actions.iter().cloned()), None)
+                .map_err(|e| full(&e))?;
+        let context = Context::from_json_value(Value::Object(q.context.clone()), None)
+            .map_err(|e| full(&e))?;
+        let request = Request::new(p, a, r, context, None).map_err(|e| full(&e))?;
+        Ok((request, entities))
+    }
+}
+
+/// A JSON value as Cedar can hold it: `null` is dropped, non-integer
+/// numbers are dropped (Cedar has neither); containers are cleaned inside.
+fn cedar_value(v: &Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::Number(n) if n.as_i64().is_none() => None,
+        Value::Array(a) => Some(Value::Array(a.iter().filter_map(cedar_value).collect())),
+        Value::Object(o) => Some(Value::Object(
+            o.iter()
+                .filter_map(|(k, v)| cedar_value(v).map(|v| (k.clone(), v)))
+                .collect(),
+        )),
+        other => Some(other.clone()),
+    }
+}
