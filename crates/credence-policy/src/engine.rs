@@ -1,12 +1,12 @@
 //! The compiled policy set, its scope index, the entity store, decisions.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, Schema,
-    ValidationMode, Validator,
+    Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use serde_json::{Map, Value};
 
@@ -79,27 +79,48 @@ struct Dimension {
 }
 
 impl Dimension {
-    fn add(&mut self, keys: Option<Vec<Key>>, i: usize) {
+    fn add(&mut self, keys: &Option<Vec<Key>>, i: usize) {
         match keys {
             None => self.any.push(i),
             Some(ks) => {
                 for k in ks {
-                    self.by_key.entry(k).or_default().push(i);
+                    self.by_key.entry(k.clone()).or_default().push(i);
                 }
             }
         }
     }
 
-    /// Every policy this dimension allows for an entity with these keys.
-    fn candidates(&self, keys: &[Key]) -> BTreeSet<usize> {
-        let mut out: BTreeSet<usize> = self.any.iter().copied().collect();
-        for k in keys {
-            if let Some(v) = self.by_key.get(k) {
-                out.extend(v.iter().copied());
-            }
-        }
-        out
+    /// How many policies [`Self::each`] would visit for these keys.
+    fn count(&self, keys: &[Key]) -> usize {
+        self.any.len()
+            + keys
+                .iter()
+                .map(|k| self.by_key.get(k).map_or(0, Vec::len))
+                .sum::<usize>()
     }
+
+    /// Every policy this dimension allows for an entity with these keys
+    /// (possibly repeated).
+    fn each<'a>(&'a self, keys: &'a [Key]) -> impl Iterator<Item = usize> + 'a {
+        self.any.iter().copied().chain(
+            keys.iter()
+                .filter_map(|k| self.by_key.get(k))
+                .flat_map(|v| v.iter().copied()),
+        )
+    }
+}
+
+/// One policy's scope keys per dimension (`None`: unconstrained).
+struct Scope {
+    principal: Option<Vec<Key>>,
+    action: Option<Vec<Key>>,
+    resource: Option<Vec<Key>>,
+}
+
+fn matches(scope: &Option<Vec<Key>>, keys: &[Key]) -> bool {
+    scope
+        .as_ref()
+        .is_none_or(|ks| ks.iter().any(|k| keys.contains(k)))
 }
 
 fn principal_keys(c: PrincipalConstraint) -> Option<Vec<Key>> {
@@ -132,6 +153,7 @@ fn action_keys(c: ActionConstraint) -> Option<Vec<Key>> {
 pub struct Engine {
     schema: Schema,
     policies: Vec<Policy>,
+    scopes: Vec<Scope>,
     principal: Dimension,
     action: Dimension,
     resource: Dimension,
@@ -139,6 +161,8 @@ pub struct Engine {
     actions: Entities,
     store: Entities,
     authorizer: Authorizer,
+    /// Every policy in one set, for [`Engine::decide_unindexed`].
+    all: PolicySet,
 }
 
 impl std::fmt::Debug for Engine {
@@ -239,21 +263,25 @@ impl Engine {
         let mut engine = Self {
             schema,
             policies: Vec::with_capacity(named.len()),
+            scopes: Vec::with_capacity(named.len()),
             principal: Dimension::default(),
             action: Dimension::default(),
             resource: Dimension::default(),
             actions,
             store: Entities::empty(),
             authorizer: Authorizer::new(),
+            all: set,
         };
         for (i, p) in named.into_iter().enumerate() {
-            engine
-                .principal
-                .add(principal_keys(p.principal_constraint()), i);
-            engine.action.add(action_keys(p.action_constraint()), i);
-            engine
-                .resource
-                .add(resource_keys(p.resource_constraint()), i);
+            let scope = Scope {
+                principal: principal_keys(p.principal_constraint()),
+                action: action_keys(p.action_constraint()),
+                resource: resource_keys(p.resource_constraint()),
+            };
+            engine.principal.add(&scope.principal, i);
+            engine.action.add(&scope.action, i);
+            engine.resource.add(&scope.resource, i);
+            engine.scopes.push(scope);
             engine.policies.push(p);
         }
         Ok(engine)
@@ -284,23 +312,13 @@ impl Engine {
         if let Some(e) = self.store.get(uid) {
             return Ok(e.clone());
         }
-        let mut clean = Map::new();
-        for (k, v) in attrs {
-            if let Some(v) = cedar_value(v) {
-                clean.insert(k.clone(), v);
-            }
-        }
-        let type_name = uid.type_name().to_string();
-        let id = uid.id().unescaped().to_owned();
-        Entity::from_json_value(
-            serde_json::json!({
-                "uid": {"type": type_name, "id": id},
-                "attrs": clean,
-                "parents": [],
-            }),
-            None,
-        )
-        .map_err(|e| format!("attributes of {uid}: {}", full(&e)))
+        let attrs = attrs
+            .iter()
+            .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(|e| format!("attributes of {uid}: {e}"))?;
+        Entity::new(uid.clone(), attrs, HashSet::new())
+            .map_err(|e| format!("attributes of {uid}: {}", full(&e)))
     }
 
     /// Keys an entity is found under in the index: itself, its ancestors in
@@ -313,25 +331,53 @@ impl Engine {
         keys
     }
 
-    /// The policies whose scope can match.
+    /// The policies whose scope can match: walk the most selective
+    /// dimension's list and check the other two per policy.
     fn candidates(&self, p: &EntityUid, a: &EntityUid, r: &EntityUid) -> Vec<usize> {
-        let ps = self.principal.candidates(&self.keys_of(p, &self.store));
-        let acts = self.action.candidates(&self.keys_of(a, &self.actions));
-        let rs = self.resource.candidates(&self.keys_of(r, &self.store));
-        ps.into_iter()
-            .filter(|i| acts.contains(i) && rs.contains(i))
-            .collect()
+        let pk = self.keys_of(p, &self.store);
+        let ak = self.keys_of(a, &self.actions);
+        let rk = self.keys_of(r, &self.store);
+        let dims = [
+            (self.principal.count(&pk), &self.principal, &pk),
+            (self.action.count(&ak), &self.action, &ak),
+            (self.resource.count(&rk), &self.resource, &rk),
+        ];
+        let Some((_, dim, keys)) = dims.iter().min_by_key(|d| d.0) else {
+            return Vec::new();
+        };
+        let mut out: Vec<usize> = dim
+            .each(keys)
+            .filter(|&i| {
+                self.scopes.get(i).is_some_and(|s| {
+                    matches(&s.principal, &pk)
+                        && matches(&s.action, &ak)
+                        && matches(&s.resource, &rk)
+                })
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Decides; never fails (see the crate docs).
     pub fn decide(&self, q: &Query) -> Decision {
-        match self.try_decide(q) {
+        match self.try_decide(q, true) {
             Ok(d) => d,
             Err(e) => Decision::error(e),
         }
     }
 
-    fn try_decide(&self, q: &Query) -> Result<Decision, String> {
+    /// The same decision with every policy evaluated, as Cedar alone does
+    /// (for benchmarks and for checking the index).
+    pub fn decide_unindexed(&self, q: &Query) -> Decision {
+        match self.try_decide(q, false) {
+            Ok(d) => d,
+            Err(e) => Decision::error(e),
+        }
+    }
+
+    fn try_decide(&self, q: &Query, indexed: bool) -> Result<Decision, String> {
         let need = |r: &Option<EntityRef>, what: &str| {
             r.as_ref()
                 .ok_or_else(|| format!("the request names no {what}"))
@@ -362,24 +408,29 @@ impl Engine {
         )
         .map_err(|e| format!("request entities: {}", full(&e)))?;
 
-        let mut ctx = Map::new();
-        for (k, v) in &q.context {
-            if let Some(v) = cedar_value(v) {
-                ctx.insert(k.clone(), v);
-            }
-        }
-        let context = Context::from_json_value(Value::Object(ctx), None)
-            .map_err(|e| format!("context: {}", full(&e)))?;
+        let pairs = q
+            .context
+            .iter()
+            .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("context: {e}"))?;
+        let context = Context::from_pairs(pairs).map_err(|e| format!("context: {}", full(&e)))?;
         let request = Request::new(p.clone(), a.clone(), r.clone(), context, None)
             .map_err(|e| format!("request: {}", full(&e)))?;
 
-        let set = PolicySet::from_policies(
-            self.candidates(&p, &a, &r)
-                .into_iter()
-                .filter_map(|i| self.policies.get(i).cloned()),
-        )
-        .map_err(|e| format!("policy slice: {}", full(&e)))?;
-        let resp = self.authorizer.is_authorized(&request, &set, &entities);
+        let slice;
+        let set = if indexed {
+            slice = PolicySet::from_policies(
+                self.candidates(&p, &a, &r)
+                    .into_iter()
+                    .filter_map(|i| self.policies.get(i).cloned()),
+            )
+            .map_err(|e| format!("policy slice: {}", full(&e)))?;
+            &slice
+        } else {
+            &self.all
+        };
+        let resp = self.authorizer.is_authorized(&request, set, &entities);
         let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
         Ok(Decision {
             allow: resp.decision() == cedar_policy::Decision::Allow && errors.is_empty(),
@@ -391,68 +442,69 @@ impl Engine {
             errors,
         })
     }
-
-    /// The same decision with every policy evaluated (for benchmarks and
-    /// for checking the index).
-    pub fn decide_unindexed(&self, q: &Query) -> Decision {
-        let all = PolicySet::from_policies(self.policies.iter().cloned());
-        match (all, self.index_free_request(q)) {
-            (Ok(set), Ok((request, entities))) => {
-                let resp = self.authorizer.is_authorized(&request, &set, &entities);
-                let errors: Vec<String> =
-                    resp.diagnostics().errors().map(|e| e.to_string()).collect();
-                Decision {
-                    allow: resp.decision() == cedar_policy::Decision::Allow && errors.is_empty(),
-                    policies: resp
-                        .diagnostics()
-                        .reason()
-                        .map(|id| id.to_string())
-                        .collect(),
-                    errors,
-                }
-            }
-            (Err(e), _) => Decision::error(full(&e)),
-            (_, Err(e)) => Decision::error(e),
-        }
-    }
-
-    fn index_free_request(&self, q: &Query) -> Result<(Request, Entities), String> {
-        let need = |r: &Option<EntityRef>, what: &str| {
-            r.as_ref()
-                .ok_or_else(|| format!("the request names no {what}"))
-                .and_then(Self::uid)
-        };
-        let p = need(&q.principal, "principal")?;
-        let a = need(&q.action, "action")?;
-        let r = need(&q.resource, "resource")?;
-        let mut all: Vec<Entity> = self.store.iter().cloned().collect();
-        for (uid, attrs) in [(&p, &q.principal_attrs), (&r, &q.resource_attrs)] {
-            if self.store.get(uid).is_none() {
-                all.push(self.entity(uid, attrs)?);
-            }
-        }
-        let entities =
-            Entities::from_entities(all.into_iter().chain(self.actions.iter().cloned()), None)
-                .map_err(|e| full(&e))?;
-        let context = Context::from_json_value(Value::Object(q.context.clone()), None)
-            .map_err(|e| full(&e))?;
-        let request = Request::new(p, a, r, context, None).map_err(|e| full(&e))?;
-        Ok((request, entities))
-    }
 }
 
-/// A JSON value as Cedar can hold it: `null` is dropped, non-integer
-/// numbers are dropped (Cedar has neither); containers are cleaned inside.
-fn cedar_value(v: &Value) -> Option<Value> {
-    match v {
-        Value::Null => None,
-        Value::Number(n) if n.as_i64().is_none() => None,
-        Value::Array(a) => Some(Value::Array(a.iter().filter_map(cedar_value).collect())),
-        Value::Object(o) => Some(Value::Object(
-            o.iter()
-                .filter_map(|(k, v)| cedar_value(v).map(|v| (k.clone(), v)))
-                .collect(),
-        )),
-        other => Some(other.clone()),
-    }
+/// A JSON value as a Cedar value, built directly (no JSON re-parsing):
+/// `null` and non-integer numbers have no Cedar form and are left out
+/// (`None`); `{"__entity": {"type", "id"}}` is an entity reference and
+/// `{"__extn": {"fn": "ip"|"decimal", "arg"}}` an extension value, as in
+/// Cedar's JSON formats.
+fn restricted(v: &Value) -> Option<Result<RestrictedExpression, String>> {
+    Some(Ok(match v {
+        Value::Null => return None,
+        Value::Bool(b) => RestrictedExpression::new_bool(*b),
+        Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
+        Value::String(s) => RestrictedExpression::new_string(s.clone()),
+        Value::Array(a) => {
+            let items = a
+                .iter()
+                .filter_map(restricted)
+                .collect::<Result<Vec<_>, _>>();
+            match items {
+                Ok(items) => RestrictedExpression::new_set(items),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Value::Object(o) => {
+            if let (Some(Value::Object(e)), 1) = (o.get("__entity"), o.len()) {
+                let (Some(Value::String(t)), Some(Value::String(id))) =
+                    (e.get("type"), e.get("id"))
+                else {
+                    return Some(Err("__entity needs string type and id".into()));
+                };
+                return Some(
+                    EntityTypeName::from_str(t)
+                        .map(|t| {
+                            RestrictedExpression::new_entity_uid(EntityUid::from_type_name_and_id(
+                                t,
+                                EntityId::new(id),
+                            ))
+                        })
+                        .map_err(|e| format!("{t:?} is not a valid entity type: {e}")),
+                );
+            }
+            if let (Some(Value::Object(x)), 1) = (o.get("__extn"), o.len()) {
+                return Some(match (x.get("fn"), x.get("arg")) {
+                    (Some(Value::String(f)), Some(Value::String(arg))) if f == "ip" => {
+                        Ok(RestrictedExpression::new_ip(arg))
+                    }
+                    (Some(Value::String(f)), Some(Value::String(arg))) if f == "decimal" => {
+                        Ok(RestrictedExpression::new_decimal(arg))
+                    }
+                    _ => Err("__extn supports ip and decimal with a string arg".into()),
+                });
+            }
+            let fields = o
+                .iter()
+                .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
+                .collect::<Result<Vec<_>, _>>();
+            match fields {
+                Ok(f) => match RestrictedExpression::new_record(f) {
+                    Ok(r) => r,
+                    Err(e) => return Some(Err(e.to_string())),
+                },
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }))
 }

@@ -64,6 +64,18 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 200)]
         revocations: usize,
     },
+    /// Policy decisions: scope-indexed Credence engine beside naive Cedar
+    Policy {
+        /// Team-scoped policies in the set
+        #[arg(long, default_value_t = 10_000)]
+        policies: usize,
+        /// Decisions measured with the index
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// Decisions measured with naive Cedar (slow on big sets)
+        #[arg(long, default_value_t = 200)]
+        naive: usize,
+    },
     /// Audit log: SHA-256 floor, durable appends, proofs and full
     /// verification on a large log
     Audit {
@@ -158,6 +170,14 @@ async fn register(svc: &Service, id: &SpiffeId) -> Result<(), CliError> {
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
+    if let BenchCmd::Policy {
+        policies,
+        decisions,
+        naive,
+    } = cmd
+    {
+        return crate::bench_policy::run(policies, decisions, naive);
+    }
     if let BenchCmd::Agent {
         svids,
         fetches,

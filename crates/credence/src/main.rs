@@ -4,6 +4,7 @@ mod agent_cmd;
 mod audit_cmd;
 mod bench;
 mod bench_agent;
+mod bench_policy;
 mod client;
 mod commands;
 mod dev_agent;
