@@ -162,6 +162,23 @@ pub struct CaRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// One version of the policy set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySetRecord {
+    /// Assigned by the store on save (1, 2, ...).
+    pub version: u64,
+    /// Cedar namespace of AuthZEN names given without one.
+    pub namespace: Option<String>,
+    /// Cedar schema (Cedar syntax or JSON).
+    pub schema: String,
+    /// Cedar policies.
+    pub policies: String,
+    pub note: String,
+    pub created_at: OffsetDateTime,
+    pub created_by: String,
+    pub active: bool,
+}
+
 /// Filter for [`Store::list_identities`]; every given condition must hold.
 #[derive(Clone, Debug, Default)]
 pub struct IdentityFilter {
@@ -308,6 +325,33 @@ pub trait Store: Send + Sync + 'static {
         at: OffsetDateTime,
         audit: AuditRecord,
     ) -> Result<Vec<RevokedEntry>, StoreError>;
+
+    // policies
+
+    /// Stores a new version (its `version` and `active` are ignored) and
+    /// returns its number; with `activate`, it becomes the only active one
+    /// in the same transaction.
+    async fn save_policy_set(
+        &self,
+        set: &PolicySetRecord,
+        activate: bool,
+        audit: AuditRecord,
+    ) -> Result<u64, StoreError>;
+    /// Makes `version` the only active one. NotFound if absent.
+    async fn activate_policy_set(&self, version: u64, audit: AuditRecord)
+    -> Result<(), StoreError>;
+    async fn get_policy_set(&self, version: u64) -> Result<Option<PolicySetRecord>, StoreError>;
+    async fn active_policy_set(&self) -> Result<Option<PolicySetRecord>, StoreError>;
+    /// Whole records, newest first, at most `limit` (clamped to 1..=1000).
+    async fn list_policy_sets(&self, limit: u32) -> Result<Vec<PolicySetRecord>, StoreError>;
+    /// Replaces the PDP's entity store (Cedar entities JSON).
+    async fn save_policy_entities(
+        &self,
+        json: &str,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    async fn policy_entities(&self) -> Result<Option<String>, StoreError>;
 
     // CA material
 

@@ -28,6 +28,11 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "nodes",
         include_str!("../../migrations/sqlite/0003_nodes.sql"),
     ),
+    (
+        4,
+        "policies",
+        include_str!("../../migrations/sqlite/0004_policies.sql"),
+    ),
 ];
 
 pub(crate) fn migrator() -> Migrator {

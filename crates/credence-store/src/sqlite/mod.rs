@@ -19,12 +19,12 @@ use sqlx::{AssertSqlSafe, ConnectOptions, QueryBuilder};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use self::rows::{AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, NODE_COLS, ts};
+use self::rows::{AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, NODE_COLS, POLICY_COLS, ts};
 pub use self::writer::GROUP_COMMIT_MAX;
 use self::writer::{BoxFuture, IssueRequest, Msg, WriteOp};
 use crate::{
     AuditFilter, AuditRecord, CaRecord, CredentialKind, Durability, Hash, IdentityFilter,
-    IssuedCredential, NodeId, Page, RevokedEntry, Store, StoreError,
+    IssuedCredential, NodeId, Page, PolicySetRecord, RevokedEntry, Store, StoreError,
 };
 
 /// Requests that may wait for the writer before senders are slowed down.
@@ -496,6 +496,81 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.write(move |c| Box::pin(ops::evict_node(c, id, at, audit)))
             .await
+    }
+
+    async fn save_policy_set(
+        &self,
+        set: &PolicySetRecord,
+        activate: bool,
+        audit: AuditRecord,
+    ) -> Result<u64, StoreError> {
+        let set = set.clone();
+        self.write(move |c| Box::pin(ops::save_policy_set(c, set, activate, audit)))
+            .await
+    }
+
+    async fn activate_policy_set(
+        &self,
+        version: u64,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| Box::pin(ops::activate_policy_set(c, version, audit)))
+            .await
+    }
+
+    async fn get_policy_set(&self, version: u64) -> Result<Option<PolicySetRecord>, StoreError> {
+        self.check_open()?;
+        let Ok(v) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {POLICY_COLS} FROM policy_sets WHERE version = ?"
+        )))
+        .bind(v)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::policy_set).transpose()
+    }
+
+    async fn active_policy_set(&self) -> Result<Option<PolicySetRecord>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {POLICY_COLS} FROM policy_sets WHERE active = 1"
+        )))
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::policy_set).transpose()
+    }
+
+    async fn list_policy_sets(&self, limit: u32) -> Result<Vec<PolicySetRecord>, StoreError> {
+        self.check_open()?;
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {POLICY_COLS} FROM policy_sets ORDER BY version DESC LIMIT ?"
+        )))
+        .bind(i64::from(clamp_limit(limit)))
+        .fetch_all(&self.read)
+        .await?;
+        found.iter().map(rows::policy_set).collect()
+    }
+
+    async fn save_policy_entities(
+        &self,
+        json: &str,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let json = json.to_owned();
+        self.write(move |c| Box::pin(ops::save_policy_entities(c, json, at, audit)))
+            .await
+    }
+
+    async fn policy_entities(&self) -> Result<Option<String>, StoreError> {
+        self.check_open()?;
+        Ok(
+            sqlx::query_scalar("SELECT json FROM policy_entities WHERE id = 1")
+                .fetch_optional(&self.read)
+                .await?,
+        )
     }
 
     async fn save_ca(&self, ca: &CaRecord, audit: AuditRecord) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@ use super::log::{Ctx, Staged};
 use super::rows::{
     self, CREDENTIAL_COLS, labels_json, nodes_json, selectors_json, truncate_ts, ts,
 };
-use crate::{AuditRecord, CaRecord, RevokedEntry, StoreError};
+use crate::{AuditRecord, CaRecord, PolicySetRecord, RevokedEntry, StoreError};
 
 async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
     // IMMEDIATE: take the write lock up front, so a read-then-write
@@ -488,4 +488,77 @@ pub(crate) async fn evict_node(
     let entries = revoked_rows(&updated)?;
     commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(entries)
+}
+
+pub(crate) async fn save_policy_set(
+    ctx: &mut Ctx,
+    set: PolicySetRecord,
+    activate: bool,
+    audit: AuditRecord,
+) -> Result<u64, StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    if activate {
+        sqlx::query("UPDATE policy_sets SET active = 0 WHERE active = 1")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO policy_sets (version, namespace, schema, policies, note, created_at, \
+         created_by, active) VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM policy_sets), \
+         ?, ?, ?, ?, ?, ?, ?) RETURNING version",
+    )
+    .bind(set.namespace.as_deref())
+    .bind(set.schema.as_str())
+    .bind(set.policies.as_str())
+    .bind(set.note.as_str())
+    .bind(ts(set.created_at))
+    .bind(set.created_by.as_str())
+    .bind(i64::from(activate))
+    .fetch_one(&mut *tx)
+    .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    u64::try_from(version).map_err(|e| rows::corrupt("policy_sets", "version", e))
+}
+
+pub(crate) async fn activate_policy_set(
+    ctx: &mut Ctx,
+    version: u64,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let v = i64::try_from(version).map_err(|e| StoreError::BadArgument(e.to_string()))?;
+    let mut tx = begin(&mut ctx.conn).await?;
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM policy_sets WHERE version = ?")
+        .bind(v)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if found.is_none() {
+        return Err(StoreError::NotFound(format!(
+            "policy set version {version} not found"
+        )));
+    }
+    sqlx::query("UPDATE policy_sets SET active = CASE WHEN version = ? THEN 1 ELSE 0 END")
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn save_policy_entities(
+    ctx: &mut Ctx,
+    json: String,
+    at: OffsetDateTime,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    sqlx::query(
+        "INSERT INTO policy_entities (id, json, updated_at) VALUES (1, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
+    )
+    .bind(json.as_str())
+    .bind(ts(at))
+    .execute(&mut *tx)
+    .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
 }

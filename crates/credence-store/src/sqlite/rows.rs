@@ -12,7 +12,10 @@ use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Decode, Row, Type};
 use time::OffsetDateTime;
 
-use crate::{AuditRecord, CaRecord, CredentialKind, IssuedCredential, RevokedEntry, StoreError};
+use crate::{
+    AuditRecord, CaRecord, CredentialKind, IssuedCredential, PolicySetRecord, RevokedEntry,
+    StoreError,
+};
 
 pub(crate) const IDENTITY_COLS: &str = "id, spiffe_id, kind, owner, description, labels_json, \
      selectors_json, nodes_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
@@ -215,6 +218,25 @@ pub(crate) fn join_token(row: &SqliteRow) -> Result<JoinToken, StoreError> {
 
 pub(crate) fn nodes_json(nodes: &[NodeId]) -> Result<String, StoreError> {
     serde_json::to_string(nodes).map_err(|e| StoreError::Invalid(format!("nodes: {e}")))
+}
+
+pub(crate) const POLICY_COLS: &str =
+    "version, namespace, schema, policies, note, created_at, created_by, active";
+
+pub(crate) fn policy_set(row: &SqliteRow) -> Result<PolicySetRecord, StoreError> {
+    const T: &str = "policy_sets";
+    let version: i64 = get(row, T, "version")?;
+    let active: i64 = get(row, T, "active")?;
+    Ok(PolicySetRecord {
+        version: u64::try_from(version).map_err(|e| corrupt(T, "version", e))?,
+        namespace: get(row, T, "namespace")?,
+        schema: get(row, T, "schema")?,
+        policies: get(row, T, "policies")?,
+        note: get(row, T, "note")?,
+        created_at: time_col(row, T, "created_at")?,
+        created_by: get(row, T, "created_by")?,
+        active: active != 0,
+    })
 }
 
 pub(crate) fn ca(row: &SqliteRow) -> Result<CaRecord, StoreError> {

@@ -12,7 +12,7 @@ use credence_core::{
 };
 use credence_store::{
     AuditActor, AuditRecord, CaRecord, CredentialKind, IdentityFilter, IssuedCredential, Outcome,
-    Store, StoreError,
+    PolicySetRecord, Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -1552,4 +1552,88 @@ pub async fn identity_nodes_round_trip(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i));
+}
+
+// ---------------------------------------------------------------- policies
+
+fn policy_set(n: u32) -> PolicySetRecord {
+    PolicySetRecord {
+        version: 0,
+        namespace: Some("App".into()),
+        schema: format!("namespace App {{ entity E{n}; }}"),
+        policies: format!("@id(\"p{n}\") permit(principal, action, resource);"),
+        note: format!("version {n}"),
+        created_at: t(i64::from(n)),
+        created_by: "admin".into(),
+        active: true,
+    }
+}
+
+pub async fn policy_sets_versions_and_activation(store: &dyn Store) {
+    assert!(store.active_policy_set().await.unwrap().is_none());
+    let v1 = store
+        .save_policy_set(&policy_set(1), true, audit("policy.create", "1"))
+        .await
+        .unwrap();
+    let v2 = store
+        .save_policy_set(&policy_set(2), false, audit("policy.create", "2"))
+        .await
+        .unwrap();
+    assert_eq!((v1, v2), (1, 2));
+    let active = store.active_policy_set().await.unwrap().unwrap();
+    assert_eq!(active.version, 1);
+    assert_eq!(active.note, "version 1");
+    store
+        .activate_policy_set(2, audit("policy.activate", "2"))
+        .await
+        .unwrap();
+    assert_eq!(store.active_policy_set().await.unwrap().unwrap().version, 2);
+    // rollback
+    store
+        .activate_policy_set(1, audit("policy.activate", "1"))
+        .await
+        .unwrap();
+    let all = store.list_policy_sets(10).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|p| (p.version, p.active))
+            .collect::<Vec<_>>(),
+        [(2, false), (1, true)]
+    );
+    assert_eq!(
+        store.get_policy_set(2).await.unwrap().unwrap().schema,
+        policy_set(2).schema
+    );
+    assert!(store.get_policy_set(9).await.unwrap().is_none());
+    let before = store.audit_count().await.unwrap();
+    assert!(matches!(
+        store
+            .activate_policy_set(9, audit("policy.activate", "9"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.audit_count().await.unwrap(), before);
+    // a new active version replaces the active one atomically
+    let v3 = store
+        .save_policy_set(&policy_set(3), true, audit("policy.create", "3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.active_policy_set().await.unwrap().unwrap().version,
+        v3
+    );
+    // entities
+    assert!(store.policy_entities().await.unwrap().is_none());
+    store
+        .save_policy_entities("[]", t(5), audit("policy.entities", ""))
+        .await
+        .unwrap();
+    store
+        .save_policy_entities("[{}]", t(6), audit("policy.entities", ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.policy_entities().await.unwrap().as_deref(),
+        Some("[{}]")
+    );
 }

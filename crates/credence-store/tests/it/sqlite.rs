@@ -59,6 +59,7 @@ conformance_suite! {
         join_token_single_use_and_expiry,
         evict_node_revokes_its_credentials,
         identity_nodes_round_trip,
+        policy_sets_versions_and_activation,
     ];
     harness: [reopen_keeps_data],
 }
