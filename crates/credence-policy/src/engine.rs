@@ -287,6 +287,14 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Policy id → its text, for diffs between versions.
+    pub fn policy_texts(&self) -> std::collections::BTreeMap<String, String> {
+        self.policies
+            .iter()
+            .map(|p| (p.id().to_string(), p.to_string()))
+            .collect()
+    }
+
     /// Ids of the policies, in source order.
     pub fn policy_ids(&self) -> Vec<String> {
         self.policies.iter().map(|p| p.id().to_string()).collect()

@@ -63,6 +63,9 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/proof/inclusion", get(audit_inclusion))
         .route("/audit/proof/consistency", get(audit_consistency))
         .route("/audit/search", get(audit_search))
+        .merge(crate::authzen_api::admin_routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let pdp = crate::authzen_api::pdp_routes()
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
 
     Router::new()
@@ -75,6 +78,11 @@ pub fn router(state: AppState) -> Router {
         .route("/bundle", get(bundle))
         .route("/crl", get(crl))
         .route("/crl/{issuer}", get(crl_of))
+        .route(
+            "/.well-known/authzen-configuration",
+            get(crate::authzen_api::configuration),
+        )
+        .merge(pdp)
         .nest("/v1", admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

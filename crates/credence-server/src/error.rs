@@ -15,6 +15,9 @@ use credence_store::StoreError;
 pub enum ServerError {
     #[error("{1}")]
     BadRequest(&'static str, String),
+    /// A document (policy set, entities) with every problem listed.
+    #[error("{1}")]
+    Invalid(&'static str, String, Vec<String>),
     #[error("missing or invalid admin bearer token")]
     Unauthorized,
     #[error("{0}")]
@@ -42,7 +45,7 @@ impl ServerError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(..) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(..) | Self::Invalid(..) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(..) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -57,7 +60,7 @@ impl ServerError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest(code, _) => code,
+            Self::BadRequest(code, _) | Self::Invalid(code, _, _) => code,
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(code, _) => code,
             Self::NotFound(_) => "not_found",
@@ -84,11 +87,11 @@ impl IntoResponse for ServerError {
             Self::Internal(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        let mut resp = (
-            status,
-            Json(json!({"error": self.code(), "message": message})),
-        )
-            .into_response();
+        let mut body = json!({"error": self.code(), "message": message});
+        if let Self::Invalid(_, _, details) = &self {
+            body["details"] = json!(details);
+        }
+        let mut resp = (status, Json(body)).into_response();
         if matches!(self, Self::Unauthorized) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -17,9 +17,11 @@ pub mod agent_api;
 pub mod api;
 pub mod audit_log;
 pub mod authority;
+pub mod authzen_api;
 pub mod config;
 mod error;
 pub mod nodes;
+pub mod policies;
 pub mod runtime;
 pub mod service;
 

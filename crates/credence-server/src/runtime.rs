@@ -162,6 +162,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         )
         .await?,
     );
+    svc.load_policies().await?;
     let std_listener = std::net::TcpListener::bind(opts.listen)
         .map_err(|e| ServerError::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     std_listener

@@ -125,6 +125,9 @@ pub struct Service {
     /// Bumped after every committed identity change, revocation and CA
     /// rotation, so agents can refresh at once instead of polling.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The active policy set, compiled, with the entity store; `None`
+    /// until one is activated (every PDP question is then denied).
+    pub(crate) pdp: RwLock<Option<Arc<crate::policies::Pdp>>>,
 }
 
 /// Who an X509-SVID or JWT-SVID is for, once it may be issued.
@@ -215,6 +218,7 @@ impl Service {
             identities: RwLock::new(HashMap::new()),
             crl: Mutex::new(None),
             changes: tokio::sync::watch::channel(0).0,
+            pdp: RwLock::new(None),
         })
     }
 

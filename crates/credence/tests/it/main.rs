@@ -10,6 +10,7 @@ mod http;
 mod interop;
 mod lifecycle;
 mod mtls;
+mod pdp;
 mod spiffe_crate;
 mod support;
 mod workload;

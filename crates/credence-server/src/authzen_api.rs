@@ -1,0 +1,298 @@
+//! The OpenID AuthZEN 1.0 PDP endpoints and the policy admin API.
+//!
+//! AuthZEN asks for conventions of its own, so its routes do not use the
+//! admin API's strict JSON extractor: a wrong content type, malformed JSON
+//! or a missing required field is a 400, unknown fields are ignored, and the
+//! `X-Request-ID` of a request is echoed on its response. A deny is a 200
+//! with `{"decision": false}`. Callers authenticate with the admin token
+//! for now (SVID and JWT-SVID callers come with the policy-based admin
+//! authorization).
+//!
+//! Decisions are audited: every deny, and one allow in
+//! [`ALLOW_SAMPLE`]; the record names the question, the deciding policies
+//! and any errors. The audit append does not delay the answer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use credence_policy::authzen::{self, Evaluated};
+
+use crate::ServerError;
+use crate::api::{ApiJson, ApiPath, AppState, Caller};
+use crate::policies::NewPolicySet;
+use crate::service::{Actor, audit};
+
+/// One allow in this many is audited (every deny is).
+pub const ALLOW_SAMPLE: u64 = 100;
+/// Largest AuthZEN request body.
+pub const MAX_AUTHZEN_BODY: usize = 1024 * 1024;
+/// Most items of one `evaluations` request.
+pub const MAX_EVALUATIONS: usize = 1000;
+/// Largest policy set or entities upload.
+pub const MAX_POLICY_BODY: usize = 16 * 1024 * 1024;
+
+static ALLOWS: AtomicU64 = AtomicU64::new(0);
+
+/// Routes under `/v1/policies` (admin).
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/policies", post(create_policy_set).get(list_policy_sets))
+        .route("/policies/validate", post(validate_policy_set))
+        .route("/policies/entities", get(show_entities).put(put_entities))
+        .route("/policies/{version}", get(show_policy_set))
+        .route("/policies/{version}/activate", post(activate_policy_set))
+        .layer(DefaultBodyLimit::max(MAX_POLICY_BODY))
+}
+
+/// `/access/v1/*` (admin token, checked by the caller's middleware).
+pub fn pdp_routes() -> Router<AppState> {
+    Router::new()
+        .route("/access/v1/evaluation", post(evaluation))
+        .route("/access/v1/evaluations", post(evaluations))
+        .layer(DefaultBodyLimit::max(MAX_AUTHZEN_BODY))
+}
+
+pub async fn configuration(State(st): State<AppState>) -> Json<Value> {
+    let base = st.base_url.trim_end_matches('/');
+    Json(json!({
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+        "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+    }))
+}
+
+fn summary(p: &crate::policies::PolicySetSummary) -> Value {
+    json!(p)
+}
+
+async fn create_policy_set(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(req): ApiJson<NewPolicySet>,
+) -> Result<(StatusCode, Json<Value>), ServerError> {
+    let rec = st.svc.create_policy_set(&caller, req).await?;
+    Ok((StatusCode::CREATED, Json(summary(&(&rec).into()))))
+}
+
+async fn list_policy_sets(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
+    let items: Vec<Value> = st
+        .svc
+        .list_policy_sets()
+        .await?
+        .iter()
+        .map(|r| summary(&r.into()))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+fn version(s: &str) -> Result<u64, ServerError> {
+    s.parse()
+        .map_err(|_| ServerError::bad("invalid_version", format!("{s:?} is not a version number")))
+}
+
+async fn show_policy_set(
+    State(st): State<AppState>,
+    ApiPath(v): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    let rec = st.svc.get_policy_set(version(&v)?).await?;
+    let mut out = summary(&(&rec).into());
+    out["schema"] = json!(rec.schema);
+    out["policies"] = json!(rec.policies);
+    Ok(Json(out))
+}
+
+async fn activate_policy_set(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath(v): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    let rec = st.svc.activate_policy_set(&caller, version(&v)?).await?;
+    Ok(Json(summary(&(&rec).into())))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidateRequest {
+    schema: String,
+    policies: String,
+}
+
+async fn validate_policy_set(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<ValidateRequest>,
+) -> Result<Json<Value>, ServerError> {
+    let ids = st.svc.validate_policy_set(&req.schema, &req.policies)?;
+    Ok(Json(json!({"valid": true, "policies": ids})))
+}
+
+async fn show_entities(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
+    Ok(Json(st.svc.policy_entities().await?))
+}
+
+async fn put_entities(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(entities): ApiJson<Value>,
+) -> Result<Json<Value>, ServerError> {
+    let n = st.svc.set_policy_entities(&caller, &entities).await?;
+    Ok(Json(json!({ "entities": n })))
+}
+
+// ---- AuthZEN ----
+
+/// An AuthZEN error: 400 with a JSON body, the request id echoed.
+fn fail(status: StatusCode, message: String, rid: &Option<HeaderValue>) -> Response {
+    let mut r = (
+        status,
+        Json(json!({"error": "invalid_request", "message": message})),
+    )
+        .into_response();
+    if let Some(id) = rid {
+        r.headers_mut().insert("x-request-id", id.clone());
+    }
+    r
+}
+
+fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Value, String> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(format!(
+            "expected Content-Type application/json, got {:?}",
+            if ct.is_empty() { "none" } else { ct }
+        ));
+    }
+    if body.is_empty() {
+        return Err("the request body is empty".into());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+fn record_decisions(st: &AppState, actor: Actor, items: &[Evaluated]) {
+    let svc = st.svc.clone();
+    let mut records = Vec::new();
+    for ev in items {
+        let sampled = ev.decision.allow
+            && ALLOWS
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(ALLOW_SAMPLE);
+        if ev.decision.allow && !sampled {
+            continue;
+        }
+        let (subject, action, resource) = match &ev.query {
+            Some(q) => (
+                q.principal
+                    .as_ref()
+                    .map(|e| format!("{}::{:?}", e.kind, e.id)),
+                q.action.as_ref().map(|e| e.id.clone()),
+                q.resource
+                    .as_ref()
+                    .map(|e| format!("{}::{:?}", e.kind, e.id)),
+            ),
+            None => (None, None, None),
+        };
+        let mut rec = audit(
+            &actor,
+            svc.clock.now(),
+            "authz.decision",
+            resource.as_deref().unwrap_or(""),
+            json!({
+                "decision": ev.decision.allow,
+                "subject": subject,
+                "action": action,
+                "resource": resource,
+                "errors": ev.decision.errors,
+                "sampled": ev.decision.allow,
+            }),
+        );
+        rec.policies = ev.decision.policies.clone();
+        if !ev.decision.allow {
+            rec.outcome = credence_store::Outcome::Failure;
+        }
+        records.push(rec);
+    }
+    if records.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        if let Err(e) = svc.store.append_audit_batch(records).await {
+            tracing::error!(error = %e, "cannot record authorization decisions");
+        }
+    });
+}
+
+async fn run(st: AppState, req: Request, batch: bool) -> Response {
+    let rid = req.headers().get("x-request-id").cloned();
+    let actor = req
+        .extensions()
+        .get::<Actor>()
+        .cloned()
+        .unwrap_or_else(Actor::admin);
+    let headers = req.headers().clone();
+    let body = match axum::body::to_bytes(req.into_body(), MAX_AUTHZEN_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_AUTHZEN_BODY} bytes"),
+                &rid,
+            );
+        }
+    };
+    let value = match parse(&headers, &body) {
+        Ok(v) => v,
+        Err(m) => return fail(StatusCode::BAD_REQUEST, m, &rid),
+    };
+    let Some(pdp) = st.svc.pdp() else {
+        // no active policy set: deny everything, well-formed or not
+        let out = if batch
+            && value
+                .get("evaluations")
+                .is_some_and(|e| e.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            let n = value["evaluations"].as_array().map_or(0, Vec::len);
+            json!({"evaluations": vec![json!({"decision": false}); n]})
+        } else {
+            json!({"decision": false})
+        };
+        let mut r = Json(out).into_response();
+        if let Some(id) = &rid {
+            r.headers_mut().insert("x-request-id", id.clone());
+        }
+        return r;
+    };
+    let outcome = if batch {
+        authzen::evaluations(&pdp.engine, &pdp.mapping, &value, MAX_EVALUATIONS)
+    } else {
+        authzen::evaluation(&pdp.engine, &pdp.mapping, &value)
+    };
+    match outcome {
+        Ok(o) => {
+            record_decisions(&st, actor, &o.items);
+            let mut r = Json(o.body).into_response();
+            if let Some(id) = &rid {
+                r.headers_mut().insert("x-request-id", id.clone());
+            }
+            r
+        }
+        Err(e) => fail(StatusCode::BAD_REQUEST, e.to_string(), &rid),
+    }
+}
+
+async fn evaluation(State(st): State<AppState>, req: Request) -> Response {
+    run(st, req, false).await
+}
+
+async fn evaluations(State(st): State<AppState>, req: Request) -> Response {
+    run(st, req, true).await
+}

@@ -1,0 +1,191 @@
+//! The PDP over HTTP: a policy set pushed, validated and activated through
+//! the admin API, entities loaded, and the AuthZEN interop Todo vectors
+//! answered by `/access/v1/evaluation(s)`; versions roll back.
+
+use serde_json::{Value, json};
+
+use crate::support::Dev;
+
+const TODO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../credence-policy/tests/data/authzen-todo"
+);
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(format!("{TODO}/{name}")).unwrap()
+}
+
+#[test]
+fn authzen_pdp_answers_the_todo_interop_vectors() {
+    let dev = Dev::start();
+    let http = dev.http();
+
+    // nothing active yet: everything is denied
+    let q = json!({"subject": {"type": "user", "id": "x"}, "action": {"name": "can_read_todos"},
+                   "resource": {"type": "todo", "id": "1"}});
+    let r = http.post("/access/v1/evaluation", &q);
+    assert_eq!((r.status, r.json()), (200, json!({"decision": false})));
+
+    // an invalid set is refused with every problem listed
+    let bad = http.post(
+        "/v1/policies",
+        &json!({"schema": read("schema.cedarschema"),
+                "policies": "@id(\"a\") permit(principal, action == Todo::Action::\"nope\", resource);\n@id(\"b\") permit(principal, action, resource) when { principal.nope };",
+                "namespace": "Todo", "activate": true}),
+    );
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+    assert_eq!(bad.error_code(), "invalid_policy_set");
+    assert!(
+        bad.json()["details"].as_array().unwrap().len() >= 2,
+        "{}",
+        bad.json()
+    );
+
+    let created = http.post(
+        "/v1/policies",
+        &json!({"schema": read("schema.cedarschema"), "policies": read("policies.cedar"),
+                "namespace": "Todo", "note": "todo app", "activate": true}),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    assert_eq!(created.json()["version"], 1);
+    let entities: Value = serde_json::from_str(&read("entities.json")).unwrap();
+    let a = format!("Bearer {}", dev.token);
+    let r = http.req(
+        "PUT",
+        "/v1/policies/entities",
+        Some(&a),
+        Some("application/json"),
+        serde_json::to_vec(&entities).unwrap(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let vectors: Value =
+        serde_json::from_str(&read("decisions-authorization-api-1_0-02.json")).unwrap();
+    for case in vectors["evaluation"].as_array().unwrap() {
+        let r = http.post("/access/v1/evaluation", &case["request"]);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json(),
+            json!({"decision": case["expected"]}),
+            "{}",
+            case["request"]
+        );
+    }
+    for case in vectors["evaluations"].as_array().unwrap() {
+        let r = http.post("/access/v1/evaluations", &case["request"]);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json()["evaluations"],
+            case["expected"],
+            "{}",
+            case["request"]
+        );
+    }
+
+    // the metadata document
+    let meta = http.get_public("/.well-known/authzen-configuration").json();
+    assert_eq!(meta["policy_decision_point"], dev.url.as_str());
+    assert_eq!(
+        meta["access_evaluations_endpoint"],
+        format!("{}/access/v1/evaluations", dev.url)
+    );
+    // AuthZEN's error conventions: 400, not 415; unknown fields ignored
+    let r = http.post_raw("/access/v1/evaluation", "text/plain", b"{}".to_vec());
+    assert_eq!(r.status, 400);
+    let r = http.post(
+        "/access/v1/evaluation",
+        &json!({"subject": {"type": "user"}}),
+    );
+    assert_eq!(r.status, 400);
+    let r = http.post_raw(
+        "/access/v1/evaluation",
+        "application/json",
+        b"{not json".to_vec(),
+    );
+    assert_eq!(r.status, 400);
+    // unauthenticated callers get 401
+    let r = http.req(
+        "POST",
+        "/access/v1/evaluation",
+        None,
+        Some("application/json"),
+        b"{}".to_vec(),
+    );
+    assert_eq!(r.status, 401);
+
+    // the request id comes back
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let echoed = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/access/v1/evaluation", dev.url))
+            .bearer_auth(&dev.token)
+            .header("x-request-id", "req-42")
+            .json(&q)
+            .send()
+            .await
+            .unwrap()
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+    });
+    assert_eq!(echoed.as_deref(), Some("req-42"));
+
+    // version 2 denies everything; rolling back to 1 restores the answers
+    let v2 = http.post(
+        "/v1/policies",
+        &json!({"schema": read("schema.cedarschema"), "policies": "@id(\"nobody\") forbid(principal, action, resource);",
+                "namespace": "Todo", "activate": true}),
+    );
+    assert_eq!(v2.json()["version"], 2);
+    let first = &vectors["evaluation"][0];
+    assert_eq!(first["expected"], true);
+    assert_eq!(
+        http.post("/access/v1/evaluation", &first["request"]).json(),
+        json!({"decision": false})
+    );
+    let r = http.post("/v1/policies/1/activate", &json!({}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        http.post("/access/v1/evaluation", &first["request"]).json(),
+        json!({"decision": true})
+    );
+    let list = http.get("/v1/policies").json();
+    assert_eq!(list["items"][0]["version"], 2);
+    assert_eq!(list["items"][0]["active"], false);
+    assert_eq!(list["items"][1]["active"], true);
+    // every change is in the audit log, with its diff
+    let found = http.get("/v1/audit/search?action=policy.activate").json();
+    let ev = &found["entries"][0]["event"];
+    assert_eq!(ev["details"]["from"], 2, "{found}");
+    assert_eq!(
+        ev["details"]["diff"]["added"],
+        json!(
+            [
+                "viewers-read",
+                "editors-create",
+                "editors-change-their-own",
+                "evil-genius-updates-any",
+                "admin-deletes-any"
+            ]
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        )
+    );
+    // denies are audited
+    let denies = http.get("/v1/audit/search?action=authz.decision").json();
+    assert!(
+        !denies["entries"].as_array().unwrap().is_empty(),
+        "{denies}"
+    );
+}
