@@ -83,11 +83,27 @@ impl Client {
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&body)
-            .ok()
+        let parsed = serde_json::from_str::<Value>(&body).ok();
+        let msg = parsed
+            .as_ref()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or(body);
-        Err(CliError(format!("{} ({})", msg.trim(), status.as_u16())))
+        // documents refused with every problem listed (policy sets, entities)
+        let details: String = parsed
+            .as_ref()
+            .and_then(|v| v.get("details").and_then(Value::as_array))
+            .map(|d| {
+                d.iter()
+                    .filter_map(Value::as_str)
+                    .map(|s| format!("\n  - {s}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Err(CliError(format!(
+            "{} ({}){details}",
+            msg.trim(),
+            status.as_u16()
+        )))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
@@ -119,6 +135,13 @@ impl Client {
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         let r = self
             .send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await?;
+        json_of(r).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let r = self
+            .send(self.http.put(format!("{}{path}", self.base)).json(body))
             .await?;
         json_of(r).await
     }

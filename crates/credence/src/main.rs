@@ -8,6 +8,7 @@ mod bench_policy;
 mod client;
 mod commands;
 mod dev_agent;
+mod policy_cmd;
 mod workload_cmd;
 
 use std::net::SocketAddr;
@@ -80,6 +81,9 @@ enum Cmd {
     /// Show or rotate the certificate authority
     #[command(subcommand)]
     Ca(commands::CaCmd),
+    /// Cedar policy sets and the AuthZEN PDP: validate, push, activate, entities, test
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
     /// Nodes: join tokens, list, show, evict
     #[command(subcommand)]
     Node(commands::NodeCmd),
@@ -195,6 +199,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             commands::server(&config).await
         }
         Cmd::Bench(b) => bench::run(b).await,
+        // offline validation needs no server
+        Cmd::Policy(policy_cmd::PolicyCmd::Validate { schema, policies }) => {
+            policy_cmd::validate(&schema, &policies)
+        }
         Cmd::Workload { socket, cmd } => workload_cmd::run(cmd, socket, cli.conn.json).await,
         Cmd::Agent(a) => {
             init_tracing();
@@ -232,6 +240,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Revoke(a) => commands::revoke(&client, a, json).await,
                 Cmd::Ca(c) => commands::ca(&client, c, json).await,
                 Cmd::Node(c) => commands::node(&client, c, json).await,
+                Cmd::Policy(c) => policy_cmd::run(&client, c, json).await,
                 Cmd::Crl { out } => commands::crl(&client, out).await,
                 Cmd::Audit(a) => audit_cmd::run(Some(&client), a, json).await,
                 Cmd::Dev(_)

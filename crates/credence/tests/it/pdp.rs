@@ -189,3 +189,68 @@ fn authzen_pdp_answers_the_todo_interop_vectors() {
         "{denies}"
     );
 }
+
+#[test]
+fn policy_cli_validates_pushes_loads_and_explains() {
+    let dev = Dev::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "@id(\"a\") permit(principal, action == Todo::Action::\"nope\", resource);\n@id(\"b\") permit(principal, action, resource) when { principal.nope };\n",
+    )
+    .unwrap();
+    let schema = format!("{TODO}/schema.cedarschema");
+    // offline: no server address needed
+    let o = std::process::Command::new(crate::support::BIN)
+        .args(["policy", "validate", "--schema", &schema])
+        .arg(&bad)
+        .env_remove("CREDENCE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("policy a") && err.contains("policy b"),
+        "{err}"
+    );
+    let good = format!("{TODO}/policies.cedar");
+    let out = dev.ok(&["policy", "validate", "--schema", &schema, &good]);
+    assert!(out.contains("valid: 5 policies"), "{out}");
+
+    let out = dev.ok(&[
+        "policy",
+        "push",
+        "--schema",
+        &schema,
+        &good,
+        "--namespace",
+        "Todo",
+        "--activate",
+    ]);
+    assert!(out.contains("version 1 (active)"), "{out}");
+    dev.ok(&[
+        "policy",
+        "entities",
+        "load",
+        &format!("{TODO}/entities.json"),
+    ]);
+    let req = dir.path().join("req.json");
+    std::fs::write(
+        &req,
+        r#"{"subject": {"type": "user", "id": "CiRmZDE2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs"},
+            "action": {"name": "can_update_todo"},
+            "resource": {"type": "todo", "id": "t1", "properties": {"ownerID": "morty@the-citadel.com"}}}"#,
+    )
+    .unwrap();
+    let out = dev.ok(&["policy", "test", "--request", req.to_str().unwrap()]);
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(out.contains("editors-change-their-own"), "{out}");
+    let listed = dev.ok(&["policy", "list"]);
+    assert!(listed.contains("active"), "{listed}");
+    // a failed push lists every problem
+    let o = dev.cli(&["policy", "push", "--schema", &schema, bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("  - "), "{err}");
+}

@@ -1,0 +1,211 @@
+//! `credence policy`: Cedar policy sets and the PDP.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::client::{CliError, Client};
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Check a policy set against its schema, offline (no server needed)
+    Validate {
+        /// Cedar schema (Cedar syntax, or JSON)
+        #[arg(long)]
+        schema: PathBuf,
+        /// Cedar policies
+        policies: PathBuf,
+    },
+    /// Store a new version of the policy set (validated by the server)
+    Push {
+        #[arg(long)]
+        schema: PathBuf,
+        policies: PathBuf,
+        /// Cedar namespace of AuthZEN types and actions given without one
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+        /// Make it the active version at once
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List versions, newest first
+    List,
+    /// Show one version with its schema and policies
+    Show { version: u64 },
+    /// Make a version active (also a rollback)
+    Activate { version: u64 },
+    /// The PDP's entity store (Cedar entities JSON)
+    #[command(subcommand)]
+    Entities(EntitiesCmd),
+    /// Ask the PDP an AuthZEN evaluation request and show why it decided
+    Test {
+        /// AuthZEN evaluation request (JSON file)
+        #[arg(long)]
+        request: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EntitiesCmd {
+    /// Replace the entity store with FILE (checked against the active schema)
+    Load { file: PathBuf },
+    /// Print the entity store
+    Show,
+}
+
+fn read(p: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(p).map_err(|e| CliError(format!("{}: {e}", p.display())))
+}
+
+fn json_file(p: &Path) -> Result<Value, CliError> {
+    serde_json::from_str(&read(p)?).map_err(|e| CliError(format!("{}: {e}", p.display())))
+}
+
+/// Offline validation needs no server.
+pub fn validate(schema: &Path, policies: &Path) -> Result<(), CliError> {
+    match credence_policy::Engine::compile(&read(schema)?, &read(policies)?) {
+        Ok(e) => {
+            let ids = e.policy_ids();
+            println!("valid: {} policies ({})", ids.len(), ids.join(", "));
+            Ok(())
+        }
+        Err(credence_policy::PolicyError::Invalid(list)) => Err(CliError(format!(
+            "the policy set is invalid ({} problems):{}",
+            list.len(),
+            list.iter()
+                .map(|m| format!("\n  - {m}"))
+                .collect::<String>()
+        ))),
+        Err(e) => Err(CliError(e.to_string())),
+    }
+}
+
+fn print_versions(v: &Value) {
+    for p in v["items"].as_array().into_iter().flatten() {
+        println!(
+            "{:>5}  {:6}  {}  {}  {}",
+            p["version"],
+            if p["active"] == true { "active" } else { "" },
+            p["created_at"].as_str().unwrap_or(""),
+            p["namespace"].as_str().unwrap_or("-"),
+            p["note"].as_str().unwrap_or("")
+        );
+    }
+}
+
+pub async fn run(c: &Client, cmd: PolicyCmd, json_mode: bool) -> Result<(), CliError> {
+    let out = |v: &Value| {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    };
+    match cmd {
+        PolicyCmd::Validate { schema, policies } => validate(&schema, &policies)?,
+        PolicyCmd::Push {
+            schema,
+            policies,
+            namespace,
+            note,
+            activate,
+        } => {
+            let v = c
+                .post(
+                    "/v1/policies",
+                    &json!({"schema": read(&schema)?, "policies": read(&policies)?,
+                            "namespace": namespace, "note": note, "activate": activate}),
+                )
+                .await?;
+            if json_mode {
+                println!("{v}");
+            } else {
+                println!(
+                    "stored policy set version {}{}",
+                    v["version"],
+                    if v["active"] == true { " (active)" } else { "" }
+                );
+            }
+        }
+        PolicyCmd::List => {
+            let v = c.get("/v1/policies").await?;
+            if json_mode {
+                println!("{v}");
+            } else {
+                print_versions(&v);
+            }
+        }
+        PolicyCmd::Show { version } => {
+            let v = c.get(&format!("/v1/policies/{version}")).await?;
+            if json_mode {
+                println!("{v}");
+            } else {
+                println!(
+                    "version {} {}",
+                    v["version"],
+                    if v["active"] == true { "(active)" } else { "" }
+                );
+                println!("-- schema\n{}", v["schema"].as_str().unwrap_or(""));
+                println!("-- policies\n{}", v["policies"].as_str().unwrap_or(""));
+            }
+        }
+        PolicyCmd::Activate { version } => {
+            let v = c
+                .post(&format!("/v1/policies/{version}/activate"), &json!({}))
+                .await?;
+            if json_mode {
+                println!("{v}");
+            } else {
+                println!("policy set version {} is active", v["version"]);
+            }
+        }
+        PolicyCmd::Entities(EntitiesCmd::Load { file }) => {
+            let v = c.put("/v1/policies/entities", &json_file(&file)?).await?;
+            if json_mode {
+                println!("{v}");
+            } else {
+                println!("loaded {} entities", v["entities"]);
+            }
+        }
+        PolicyCmd::Entities(EntitiesCmd::Show) => out(&c.get("/v1/policies/entities").await?),
+        PolicyCmd::Test { request } => {
+            let mut req = json_file(&request)?;
+            if let Some(ctx) = req.get_mut("context").and_then(Value::as_object_mut) {
+                ctx.insert("explain".into(), json!(true));
+            } else if let Some(m) = req.as_object_mut() {
+                m.insert("context".into(), json!({"explain": true}));
+            }
+            let v = c.post("/access/v1/evaluation", &req).await?;
+            if json_mode {
+                println!("{v}");
+            } else {
+                let reason = &v["context"]["reason"];
+                println!(
+                    "decision: {}",
+                    if v["decision"] == true {
+                        "allow"
+                    } else {
+                        "deny"
+                    }
+                );
+                let ids: Vec<&str> = reason["policies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "deciding policies: {}",
+                    if ids.is_empty() {
+                        "none (default deny)".to_owned()
+                    } else {
+                        ids.join(", ")
+                    }
+                );
+                for e in reason["errors"].as_array().into_iter().flatten() {
+                    println!("error: {}", e.as_str().unwrap_or(""));
+                }
+            }
+        }
+    }
+    Ok(())
+}
