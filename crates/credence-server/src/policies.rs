@@ -99,6 +99,10 @@ fn compile(rec_schema: &str, rec_policies: &str) -> Result<Engine, ServerError> 
     Engine::compile(rec_schema, rec_policies).map_err(invalid)
 }
 
+/// Most ids of each kind named in an audit record (an audit leaf is
+/// bounded; the counts are always exact).
+const DIFF_IDS: usize = 100;
+
 /// Added, removed and changed policy ids between two sets.
 fn diff(old: Option<&BTreeMap<String, String>>, new: &BTreeMap<String, String>) -> Value {
     let empty = BTreeMap::new();
@@ -110,7 +114,23 @@ fn diff(old: Option<&BTreeMap<String, String>>, new: &BTreeMap<String, String>) 
         .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
         .map(|(k, _)| k)
         .collect();
-    json!({"added": added, "removed": removed, "changed": changed})
+    let truncated = [&added, &removed, &changed]
+        .iter()
+        .any(|l| l.len() > DIFF_IDS);
+    let first = |l: &[&String]| {
+        l.iter()
+            .take(DIFF_IDS)
+            .copied()
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    json!({
+        "added": first(&added),
+        "removed": first(&removed),
+        "changed": first(&changed),
+        "counts": {"added": added.len(), "removed": removed.len(), "changed": changed.len()},
+        "truncated": truncated,
+    })
 }
 
 impl Service {
@@ -311,5 +331,33 @@ impl Service {
                 .map_err(|e| ServerError::Internal(format!("stored entities: {e}"))),
             None => Ok(json!([])),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_of_large_sets_stay_small() {
+        let old: BTreeMap<String, String> = (0..5000)
+            .map(|i| (format!("p{i}"), "permit".to_owned()))
+            .collect();
+        let new: BTreeMap<String, String> = (2500..10_000)
+            .map(|i| {
+                (
+                    format!("p{i}"),
+                    if i < 3000 { "forbid" } else { "permit" }.to_owned(),
+                )
+            })
+            .collect();
+        let d = diff(Some(&old), &new);
+        assert_eq!(
+            d["counts"],
+            json!({"added": 5000, "removed": 2500, "changed": 500})
+        );
+        assert_eq!(d["truncated"], true);
+        assert_eq!(d["added"].as_array().map(Vec::len), Some(DIFF_IDS));
+        assert!(d.to_string().len() < 16 * 1024);
     }
 }

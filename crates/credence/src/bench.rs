@@ -75,6 +75,12 @@ pub enum BenchCmd {
         /// Decisions measured with naive Cedar (slow on big sets)
         #[arg(long, default_value_t = 200)]
         naive: usize,
+        /// Length of the HTTP stage (AuthZEN over keep-alive HTTP/1.1); 0 skips it
+        #[arg(long, default_value = "5s")]
+        http_duration: String,
+        /// Concurrent HTTP clients
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Audit log: SHA-256 floor, durable appends, proofs and full
     /// verification on a large log
@@ -99,17 +105,17 @@ fn err(e: impl std::fmt::Display) -> CliError {
 }
 
 /// Throughput and latency of one stage.
-struct Stage {
-    ops: u64,
-    elapsed: Duration,
-    lat_us: Vec<u32>,
+pub(crate) struct Stage {
+    pub(crate) ops: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) lat_us: Vec<u32>,
 }
 
 impl Stage {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
-    fn pct(&self, p: f64) -> f64 {
+    pub(crate) fn pct(&self, p: f64) -> f64 {
         if self.lat_us.is_empty() {
             return 0.0;
         }
@@ -174,9 +180,12 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         policies,
         decisions,
         naive,
+        http_duration,
+        concurrency,
     } = cmd
     {
-        return crate::bench_policy::run(policies, decisions, naive);
+        let d = humantime::parse_duration(&http_duration).map_err(err)?;
+        return crate::bench_policy::run(policies, decisions, naive, d, concurrency).await;
     }
     if let BenchCmd::Agent {
         svids,
@@ -576,7 +585,7 @@ fn report(name: &str, s: &Stage, floor: f64) {
 }
 
 /// Runs `concurrency` loops calling `op` until `d` has passed.
-async fn drive<F, Fut>(concurrency: usize, d: Duration, op: F) -> Result<Stage, CliError>
+pub(crate) async fn drive<F, Fut>(concurrency: usize, d: Duration, op: F) -> Result<Stage, CliError>
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Result<(), CliError>> + Send,

@@ -88,7 +88,13 @@ fn measure(name: &str, count: usize, n: usize, f: impl Fn(&Query) -> bool) -> Re
     Ok(())
 }
 
-pub fn run(n: usize, decisions: usize, naive: usize) -> Result<(), CliError> {
+pub async fn run(
+    n: usize,
+    decisions: usize,
+    naive: usize,
+    http: std::time::Duration,
+    concurrency: usize,
+) -> Result<(), CliError> {
     let t = Instant::now();
     let mut engine = Engine::compile(SCHEMA, &policies(n)).map_err(err)?;
     let compiled = t.elapsed();
@@ -114,5 +120,119 @@ pub fn run(n: usize, decisions: usize, naive: usize) -> Result<(), CliError> {
         n,
         |q| engine.decide_unindexed(q).allow,
     )?;
+    if !http.is_zero() {
+        http_stage(n, &ents, http, concurrency.max(1)).await?;
+    }
+    Ok(())
+}
+
+/// AuthZEN `POST /access/v1/evaluation` over keep-alive HTTP/1.1 on
+/// loopback (one connection per client; the clients share the cores).
+async fn http_stage(
+    n: usize,
+    ents: &[serde_json::Value],
+    d: std::time::Duration,
+    concurrency: usize,
+) -> Result<(), CliError> {
+    use credence_server::policies::NewPolicySet;
+    use credence_server::service::Actor;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().map_err(err)?;
+    let td = credence_core::TrustDomain::new("bench.example").map_err(err)?;
+    let token = "bench-admin-token-0123456789";
+    let running = crate::bench::start_server(
+        &td,
+        &dir.path().join("bench.db"),
+        credence_store::Durability::Normal,
+        token,
+    )
+    .await?;
+    let svc = running.service.clone();
+    svc.create_policy_set(
+        &Actor::admin(),
+        NewPolicySet {
+            schema: SCHEMA.to_owned(),
+            policies: policies(n),
+            namespace: Some("Bench".into()),
+            note: None,
+            activate: true,
+        },
+    )
+    .await
+    .map_err(err)?;
+    svc.set_policy_entities(&Actor::admin(), &json!(ents))
+        .await
+        .map_err(err)?;
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
+        (0..1024)
+            .map(|i| {
+                let i = i * 7919 % n;
+                bytes::Bytes::from(
+                    serde_json::to_vec(&json!({
+                        "subject": {"type": "Agent", "id": format!("a{i}")},
+                        "action": {"name": "read"},
+                        "resource": {"type": "Doc", "id": format!("doc-{i}"), "properties": {
+                            "owner": {"__entity": {"type": "Bench::Team", "id": format!("t{i}")}},
+                            "classification": "internal"}},
+                        "context": {"hour": 10},
+                    }))
+                    .unwrap_or_default(),
+                )
+            })
+            .collect(),
+    );
+    let mut senders = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let stream = tokio::net::TcpStream::connect(running.addr)
+            .await
+            .map_err(err)?;
+        stream.set_nodelay(true).map_err(err)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(err)?;
+        tokio::spawn(conn);
+        senders.push(Arc::new(tokio::sync::Mutex::new(sender)));
+    }
+    let senders = Arc::new(senders);
+    let auth = format!("Bearer {token}");
+    let host = running.addr.to_string();
+    let stage = crate::bench::drive(concurrency, d, move |i| {
+        let body = bodies[i % bodies.len()].clone();
+        let sender = senders[i % concurrency].clone();
+        let auth = auth.clone();
+        let host = host.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let req = hyper::Request::post("/access/v1/evaluation")
+                .header("host", host)
+                .header("authorization", auth)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(body))
+                .map_err(err)?;
+            let mut s = sender.lock().await;
+            let resp = s.send_request(req).await.map_err(err)?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(err)?.to_bytes();
+            if !status.is_success() || !bytes.starts_with(b"{\"decision\":") {
+                return Err(err(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                )));
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    println!(
+        "AuthZEN over HTTP ({concurrency} keep-alive clients, loopback; target >= 20,000/s):\n  {:>10.0} decisions/s   p50 {:.2} ms   p99 {:.2} ms   ({} decisions in {:.1}s)",
+        stage.rate(),
+        stage.pct(0.50),
+        stage.pct(0.99),
+        stage.ops,
+        stage.elapsed.as_secs_f64()
+    );
+    running.shutdown().await.map_err(err)?;
     Ok(())
 }
