@@ -13,6 +13,7 @@
 
 mod error;
 pub mod jwt;
+pub mod jwt_verify;
 pub mod keys;
 pub mod x509;
 

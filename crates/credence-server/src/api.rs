@@ -65,8 +65,10 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/search", get(audit_search))
         .merge(crate::authzen_api::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let pdp = crate::authzen_api::pdp_routes()
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let pdp = crate::authzen_api::pdp_routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_pdp_caller,
+    ));
 
     Router::new()
         .route("/healthz", get(healthz))
@@ -198,6 +200,80 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer` header.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
+/// PDP callers: the admin token, or a JWT-SVID of this trust domain whose
+/// audience is this PDP (`policy_decision_point`, the base URL) and that is
+/// not revoked.
+async fn require_pdp_caller(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    let presented = bearer(&req).map(str::to_owned);
+    if let Some(token) = presented.as_deref()
+        && token.matches('.').count() == 2
+        && !bool::from(Service::token_hash(token).ct_eq(&st.admin_token_hash))
+    {
+        let request_id = request_id(&req, &st.svc);
+        let client_addr = client_addr(&req);
+        let auth = st.svc.authority();
+        let bundles = std::collections::HashMap::from([(
+            auth.trust_domain.id_string(),
+            auth.jwks().to_string().into_bytes(),
+        )]);
+        let audience = st.base_url.trim_end_matches('/');
+        let checked = credence_ca::jwt_verify::validate_jwt_svid(token, audience, &bundles)
+            .map_err(|e| e.to_string())
+            .map(|(sub, claims)| {
+                let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+                (sub, jti)
+            });
+        let revoked = match &checked {
+            Ok((_, Some(jti))) => st.svc.is_revoked(jti).await.unwrap_or(true),
+            Ok((_, None)) => false,
+            Err(_) => false,
+        };
+        match checked {
+            Ok((sub, _)) if !revoked => {
+                req.extensions_mut().insert(Actor {
+                    name: sub.to_string(),
+                    method: "jwt_svid",
+                    request_id: Some(request_id),
+                    client_addr,
+                });
+                return Ok(next.run(req).await);
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e,
+                    Ok(_) => "the JWT-SVID has been revoked".to_owned(),
+                };
+                st.svc
+                    .record_auth_failure(
+                        req.method().as_str(),
+                        req.uri().path(),
+                        &why,
+                        Some(request_id),
+                        client_addr,
+                    )
+                    .await;
+                return Err(ServerError::Unauthorized);
+            }
+        }
+    }
+    require_admin(State(st), req, next).await
+}
+
 async fn require_admin(
     State(st): State<AppState>,
     mut req: Request,
@@ -205,14 +281,7 @@ async fn require_admin(
 ) -> Result<Response, ServerError> {
     let request_id = request_id(&req, &st.svc);
     let client_addr = client_addr(&req);
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
+    let presented = bearer(&req);
     let ok =
         presented.is_some_and(|t| bool::from(Service::token_hash(t).ct_eq(&st.admin_token_hash)));
     if !ok {

@@ -254,3 +254,53 @@ fn policy_cli_validates_pushes_loads_and_explains() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("  - "), "{err}");
 }
+
+#[test]
+fn a_workload_calls_the_pdp_with_its_jwt_svid() {
+    let dev = Dev::start();
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/pep",
+        "--kind",
+        "service",
+        "--owner",
+        "o",
+    ]);
+    let mint = |aud: &str| {
+        dev.json(&[
+            "jwt",
+            "mint",
+            "--spiffe-id",
+            "spiffe://example.org/pep",
+            "--audience",
+            aud,
+        ])
+    };
+    let good = mint(&dev.url);
+    let wrong = mint("someone-else");
+    let http = dev.http();
+    let q = serde_json::to_vec(
+        &json!({"subject": {"type": "user", "id": "x"}, "action": {"name": "a"},
+                                        "resource": {"type": "todo", "id": "1"}}),
+    )
+    .unwrap();
+    let call = |token: &str| {
+        http.req(
+            "POST",
+            "/access/v1/evaluation",
+            Some(&format!("Bearer {token}")),
+            Some("application/json"),
+            q.clone(),
+        )
+    };
+    let r = call(good["token"].as_str().unwrap());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"decision": false}));
+    assert_eq!(call(wrong["token"].as_str().unwrap()).status, 401);
+    assert_eq!(call("not.a.jwt").status, 401);
+    // a revoked JWT-SVID is refused at once
+    dev.ok(&["revoke", "--jti", good["jti"].as_str().unwrap()]);
+    assert_eq!(call(good["token"].as_str().unwrap()).status, 401);
+}
