@@ -96,47 +96,11 @@ impl FromStr for IdentityStatus {
     }
 }
 
-/// Opaque, stable identifier of a registered identity (128 random bits, hex).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdentityId(String);
-
-impl IdentityId {
-    pub fn from_random(bytes: [u8; 16]) -> Self {
-        Self(hex::encode(bytes))
-    }
-    pub fn parse(s: &str) -> Result<Self, CoreError> {
-        if s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(CoreError::Invalid(format!(
-                "invalid identity id {:?} (expected 32 lowercase hex digits)",
-                truncate(s, 64)
-            )))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IdentityId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl fmt::Debug for IdentityId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "IdentityId({})", self.0)
-    }
-}
-string_serde!(IdentityId);
-
-impl FromStr for IdentityId {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
+hex128_id!(
+    /// Opaque, stable identifier of a registered identity (128 random bits, hex).
+    IdentityId,
+    "identity id"
+);
 
 /// A workload selector `type:value`, e.g. `unix:uid:1000`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

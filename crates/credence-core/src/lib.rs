@@ -28,6 +28,54 @@ macro_rules! string_serde {
     };
 }
 
+/// A 128-bit random identifier written as 32 lowercase hex digits, parsed
+/// once at the boundary. `$what` names it in error messages.
+macro_rules! hex128_id {
+    ($(#[$doc:meta])* $t:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $t(String);
+
+        impl $t {
+            pub fn from_random(bytes: [u8; 16]) -> Self {
+                Self(hex::encode(bytes))
+            }
+            pub fn parse(s: &str) -> Result<Self, $crate::CoreError> {
+                if s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    Ok(Self(s.to_owned()))
+                } else {
+                    Err($crate::CoreError::Invalid(format!(
+                        concat!("invalid ", $what, " {:?} (expected 32 lowercase hex digits)"),
+                        $crate::identity::truncate(s, 64)
+                    )))
+                }
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($t), "({})"), self.0)
+            }
+        }
+        string_serde!($t);
+
+        impl std::str::FromStr for $t {
+            type Err = $crate::CoreError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+
 mod clock;
 mod credential;
 mod identity;

@@ -1,7 +1,6 @@
 //! Nodes: the machines an agent runs on, attested once and then known by
 //! the agent's own X509-SVID (`spiffe://<td>/credence/agent/<node-id>`).
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -10,28 +9,13 @@ use time::OffsetDateTime;
 use crate::identity::truncate;
 use crate::{CoreError, SpiffeId, TrustDomain};
 
-/// Opaque, stable identifier of an attested node (128 random bits, hex).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(String);
+hex128_id!(
+    /// Opaque, stable identifier of an attested node (128 random bits, hex).
+    NodeId,
+    "node id"
+);
 
 impl NodeId {
-    pub fn from_random(bytes: [u8; 16]) -> Self {
-        Self(hex::encode(bytes))
-    }
-    pub fn parse(s: &str) -> Result<Self, CoreError> {
-        if s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(CoreError::Invalid(format!(
-                "invalid node id {:?} (expected 32 lowercase hex digits)",
-                truncate(s, 64)
-            )))
-        }
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The SPIFFE ID of this node's agent.
     pub fn agent_spiffe_id(&self, td: &TrustDomain) -> Result<SpiffeId, CoreError> {
         SpiffeId::from_parts(td, &format!("/credence/agent/{}", self.0))
@@ -45,25 +29,6 @@ impl NodeId {
         id.path()
             .strip_prefix("/credence/agent/")
             .and_then(|n| Self::parse(n).ok())
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", self.0)
-    }
-}
-string_serde!(NodeId);
-
-impl FromStr for NodeId {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
     }
 }
 

@@ -473,22 +473,7 @@ async fn http_stage(
             })
             .collect(),
     );
-    // One keep-alive HTTP/1.1 connection per client, like wrk: a lean load
-    // generator, so the measurement is of the server, not of a client library.
-    let mut senders = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let stream = tokio::net::TcpStream::connect(running.addr)
-            .await
-            .map_err(err)?;
-        stream.set_nodelay(true).map_err(err)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(err)?;
-        tokio::spawn(conn);
-        senders.push(Arc::new(tokio::sync::Mutex::new(sender)));
-    }
-    let senders = Arc::new(senders);
+    let senders = keepalive_clients(running.addr, concurrency).await?;
     let auth = format!("Bearer {token}");
     let host = running.addr.to_string();
     let before = running.service.store.audit_count().await.map_err(err)?;
@@ -500,17 +485,7 @@ async fn http_stage(
             let auth = auth.clone();
             let host = host.clone();
             async move {
-                use http_body_util::BodyExt;
-                let req = hyper::Request::post("/v1/x509/sign")
-                    .header("host", host)
-                    .header("authorization", auth)
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(body))
-                    .map_err(err)?;
-                let mut s = sender.lock().await;
-                let resp = s.send_request(req).await.map_err(err)?;
-                let status = resp.status();
-                let _ = resp.into_body().collect().await.map_err(err)?;
+                let (status, _) = post_json(&sender, &host, &auth, "/v1/x509/sign", body).await?;
                 if !status.is_success() {
                     return Err(err(format!("HTTP {status}")));
                 }
@@ -533,6 +508,53 @@ async fn http_stage(
     running.shutdown().await.map_err(err)?;
     eprintln!("  (server shutdown took {:.1}s)", t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// One client's keep-alive HTTP/1.1 connection.
+pub(crate) type Sender = Arc<
+    tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>>,
+>;
+
+/// One keep-alive HTTP/1.1 connection per client, like wrk: a lean load
+/// generator, so the measurement is of the server, not of a client library.
+pub(crate) async fn keepalive_clients(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Result<Arc<Vec<Sender>>, CliError> {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(err)?;
+        stream.set_nodelay(true).map_err(err)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(err)?;
+        tokio::spawn(conn);
+        senders.push(Arc::new(tokio::sync::Mutex::new(sender)));
+    }
+    Ok(Arc::new(senders))
+}
+
+/// POSTs a JSON body with the admin token; the status and the body.
+pub(crate) async fn post_json(
+    sender: &Sender,
+    host: &str,
+    auth: &str,
+    path: &str,
+    body: bytes::Bytes,
+) -> Result<(hyper::StatusCode, bytes::Bytes), CliError> {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::post(path)
+        .header("host", host)
+        .header("authorization", auth)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(body))
+        .map_err(err)?;
+    let mut s = sender.lock().await;
+    let resp = s.send_request(req).await.map_err(err)?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map_err(err)?.to_bytes();
+    Ok((status, bytes))
 }
 
 /// A plain-HTTP loopback server on a bench database.

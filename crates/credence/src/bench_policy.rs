@@ -182,20 +182,7 @@ async fn http_stage(
             })
             .collect(),
     );
-    let mut senders = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let stream = tokio::net::TcpStream::connect(running.addr)
-            .await
-            .map_err(err)?;
-        stream.set_nodelay(true).map_err(err)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(err)?;
-        tokio::spawn(conn);
-        senders.push(Arc::new(tokio::sync::Mutex::new(sender)));
-    }
-    let senders = Arc::new(senders);
+    let senders = crate::bench::keepalive_clients(running.addr, concurrency).await?;
     let auth = format!("Bearer {token}");
     let host = running.addr.to_string();
     let stage = crate::bench::drive(concurrency, d, move |i| {
@@ -204,17 +191,9 @@ async fn http_stage(
         let auth = auth.clone();
         let host = host.clone();
         async move {
-            use http_body_util::BodyExt;
-            let req = hyper::Request::post("/access/v1/evaluation")
-                .header("host", host)
-                .header("authorization", auth)
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(body))
-                .map_err(err)?;
-            let mut s = sender.lock().await;
-            let resp = s.send_request(req).await.map_err(err)?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(err)?.to_bytes();
+            let (status, bytes) =
+                crate::bench::post_json(&sender, &host, &auth, "/access/v1/evaluation", body)
+                    .await?;
             if !status.is_success() || !bytes.starts_with(b"{\"decision\":") {
                 return Err(err(format!(
                     "HTTP {status}: {}",

@@ -128,6 +128,18 @@ impl Drop for Dev {
     }
 }
 
+/// In CI every interop tool must be there; elsewhere a missing one skips.
+fn required(found: bool, what: &str) -> bool {
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is required in CI (.ci/run installs it)"
+        );
+        eprintln!("skipping: {what} not installed");
+    }
+    found
+}
+
 /// Is an outside tool available? In CI it must be.
 pub fn have(tool: &str) -> bool {
     let found = Command::new("sh")
@@ -135,14 +147,7 @@ pub fn have(tool: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is required in CI (.ci/run installs it)"
-        );
-        eprintln!("skipping: {tool} not installed");
-    }
-    found
+    required(found, tool)
 }
 
 pub fn run(cmd: &str, args: &[&str]) -> Output {
@@ -294,14 +299,7 @@ pub fn have_py(module: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python module {module} is required in CI (.ci/run installs it)"
-        );
-        eprintln!("skipping: python module {module} not installed");
-    }
-    found
+    required(found, &format!("python module {module}"))
 }
 
 /// A Workload API client over the Unix socket at `sock`.

@@ -5,17 +5,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use credence_agent::generated::workload as pb;
-use credence_agent::generated::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use tonic::transport::Endpoint;
 
-use crate::support::Dev;
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    r
-}
+use crate::support::{Dev, with_header, workload_client};
 
 #[test]
 fn dev_serves_the_workload_api_and_pushes_revocation() {
@@ -40,19 +31,7 @@ fn dev_serves_the_workload_api_and_pushes_revocation() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let channel = Endpoint::try_from("http://[::]:0")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_| {
-                let sock = sock.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(sock).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
-        let mut c = SpiffeWorkloadApiClient::new(channel);
+        let mut c = workload_client(sock).await;
         let mut s = c
             .fetch_x509svid(with_header(pb::X509svidRequest {}))
             .await
