@@ -146,6 +146,15 @@ impl Service {
         csr: CheckedCsr,
         client_addr: Option<String>,
     ) -> Result<(Node, X509Svid), ServerError> {
+        // checked before the token is spent: a refused CSR must not cost it
+        if let Some(asked) = &csr.requested_id {
+            return Err(ServerError::bad(
+                "spiffe_id_mismatch",
+                format!(
+                    "the CSR asks for {asked}, but an attesting agent's SPIFFE ID is assigned by the server: send a CSR without a URI SAN"
+                ),
+            ));
+        }
         let td = self.trust_domain();
         let now = self.clock.now();
         let id = NodeId::from_random(self.rng.bytes16());

@@ -1,4 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Integration tests of the control plane, in process, with a manual clock.
 
+mod nodes;
 mod service;

@@ -12,11 +12,11 @@ use credence_server::service::{
 };
 use credence_store::{SqliteStore, Store};
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    svc: Service,
-    clock: Arc<ManualClock>,
-    store: Arc<dyn Store>,
+    pub(crate) svc: Service,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) store: Arc<dyn Store>,
 }
 
 fn t0() -> OffsetDateTime {
@@ -51,7 +51,7 @@ async fn fixture_with(lifetimes: CaLifetimes, dir: Option<tempfile::TempDir>) ->
     }
 }
 
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     fixture_with(CaLifetimes::default(), None).await
 }
 
