@@ -151,7 +151,8 @@ fn action_keys(c: ActionConstraint) -> Option<Vec<Key>> {
 
 /// A validated policy set with its schema, scope index and entity store.
 pub struct Engine {
-    schema: Schema,
+    /// `None` only for [`Engine::deny_all`].
+    schema: Option<Schema>,
     policies: Vec<Policy>,
     scopes: Vec<Scope>,
     principal: Dimension,
@@ -261,7 +262,7 @@ impl Engine {
             .action_entities()
             .map_err(|e| PolicyError::Schema(full(&e)))?;
         let mut engine = Self {
-            schema,
+            schema: Some(schema),
             policies: Vec::with_capacity(named.len()),
             scopes: Vec::with_capacity(named.len()),
             principal: Dimension::default(),
@@ -287,6 +288,23 @@ impl Engine {
         Ok(engine)
     }
 
+    /// An engine with no schema and no policy: every question is denied
+    /// (Cedar's default), malformed ones with their reasons.
+    pub fn deny_all() -> Self {
+        Self {
+            schema: None,
+            policies: Vec::new(),
+            scopes: Vec::new(),
+            principal: Dimension::default(),
+            action: Dimension::default(),
+            resource: Dimension::default(),
+            actions: Entities::empty(),
+            store: Entities::empty(),
+            authorizer: Authorizer::new(),
+            all: PolicySet::new(),
+        }
+    }
+
     /// Policy id → its text, for diffs between versions.
     pub fn policy_texts(&self) -> std::collections::BTreeMap<String, String> {
         self.policies
@@ -303,7 +321,7 @@ impl Engine {
     /// Replaces the entity store with a Cedar entities JSON document,
     /// checked against the schema.
     pub fn set_entities(&mut self, json: &Value) -> Result<usize, PolicyError> {
-        let store = Entities::from_json_value(json.clone(), Some(&self.schema))
+        let store = Entities::from_json_value(json.clone(), self.schema.as_ref())
             .map_err(|e| PolicyError::Entities(full(&e)))?;
         self.store = store;
         Ok(self.store.len())

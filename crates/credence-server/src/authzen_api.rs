@@ -253,24 +253,9 @@ async fn run(st: AppState, req: Request, batch: bool) -> Response {
         Ok(v) => v,
         Err(m) => return fail(StatusCode::BAD_REQUEST, m, &rid),
     };
-    let Some(pdp) = st.svc.pdp() else {
-        // no active policy set: deny everything, well-formed or not
-        let out = if batch
-            && value
-                .get("evaluations")
-                .is_some_and(|e| e.as_array().is_some_and(|a| !a.is_empty()))
-        {
-            let n = value["evaluations"].as_array().map_or(0, Vec::len);
-            json!({"evaluations": vec![json!({"decision": false}); n]})
-        } else {
-            json!({"decision": false})
-        };
-        let mut r = Json(out).into_response();
-        if let Some(id) = &rid {
-            r.headers_mut().insert("x-request-id", id.clone());
-        }
-        return r;
-    };
+    // without an active policy set the PDP still checks requests, and
+    // denies every well-formed question
+    let pdp = st.svc.pdp_or_deny_all();
     let outcome = if batch {
         authzen::evaluations(&pdp.engine, &pdp.mapping, &value, MAX_EVALUATIONS)
     } else {

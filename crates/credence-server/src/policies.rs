@@ -161,6 +161,24 @@ impl Service {
         })
     }
 
+    /// The active PDP, or one with no policies (every question denied) when
+    /// no policy set is active.
+    pub fn pdp_or_deny_all(&self) -> Arc<Pdp> {
+        static DENY_ALL: std::sync::OnceLock<Arc<Pdp>> = std::sync::OnceLock::new();
+        self.pdp().unwrap_or_else(|| {
+            DENY_ALL
+                .get_or_init(|| {
+                    Arc::new(Pdp {
+                        engine: Engine::deny_all(),
+                        version: 0,
+                        mapping: credence_policy::authzen::Mapping::default(),
+                        texts: BTreeMap::new(),
+                    })
+                })
+                .clone()
+        })
+    }
+
     fn install_pdp(&self, pdp: Option<Pdp>) {
         if let Ok(mut p) = self.pdp.write() {
             *p = pdp.map(Arc::new);

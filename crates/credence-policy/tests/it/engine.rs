@@ -237,3 +237,23 @@ fn the_index_agrees_with_evaluating_every_policy() {
         }
     }
 }
+
+#[test]
+fn deny_all_denies_and_still_checks_requests() {
+    let e = Engine::deny_all();
+    let map = Mapping::default();
+    let ok = json!({"subject": {"type": "user", "id": "a"}, "action": {"name": "read"},
+                    "resource": {"type": "doc", "id": "1"}});
+    assert_eq!(
+        evaluation(&e, &map, &ok).unwrap().body,
+        json!({"decision": false})
+    );
+    assert!(evaluation(&e, &map, &json!({"subject": {"type": "user"}})).is_err());
+    let batch = json!({"subject": {"type": "user", "id": "a"}, "action": {"name": "read"},
+                       "options": {"evaluations_semantic": "deny_on_first_deny"},
+                       "evaluations": [{"resource": {"type": "doc", "id": "1"}}, {"resource": {"type": "doc", "id": "2"}}]});
+    assert_eq!(
+        evaluations(&e, &map, &batch, 10).unwrap().body,
+        json!({"evaluations": [{"decision": false}]})
+    );
+}

@@ -25,6 +25,12 @@ fn authzen_pdp_answers_the_todo_interop_vectors() {
                    "resource": {"type": "todo", "id": "1"}});
     let r = http.post("/access/v1/evaluation", &q);
     assert_eq!((r.status, r.json()), (200, json!({"decision": false})));
+    // ... and malformed questions are still refused as such
+    let r = http.post(
+        "/access/v1/evaluation",
+        &json!({"subject": {"type": "user"}}),
+    );
+    assert_eq!(r.status, 400);
 
     // an invalid set is refused with every problem listed
     let bad = http.post(
