@@ -158,18 +158,7 @@ fn py_spiffe_sees_rotation(dev: &Dev, socket: &Path) {
 #[test]
 fn agent_attests_serves_survives_restart_and_is_evicted() {
     let dev = Dev::start();
-    dev.ok(&[
-        "identity",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/agent-wl",
-        "--kind",
-        "workload",
-        "--owner",
-        "o",
-        "--selector",
-        &format!("unix:uid:{}", uid()),
-    ]);
+    dev.register_for_me("spiffe://example.org/agent-wl");
     let token = dev.json(&["node", "token", "create", "--ttl", "10m"])["token"]
         .as_str()
         .unwrap()
@@ -432,18 +421,7 @@ fn a_process_of_another_uid_gets_only_its_own_identity() {
 #[test]
 fn agent_keeps_serving_its_cache_while_the_server_is_down() {
     let mut dev = Dev::start();
-    dev.ok(&[
-        "identity",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/steady",
-        "--kind",
-        "workload",
-        "--owner",
-        "o",
-        "--selector",
-        &format!("unix:uid:{}", uid()),
-    ]);
+    dev.register_for_me("spiffe://example.org/steady");
     let token = dev.json(&["node", "token", "create"])["token"]
         .as_str()
         .unwrap()
@@ -469,18 +447,7 @@ fn agent_keeps_serving_its_cache_while_the_server_is_down() {
 #[test]
 fn agent_renews_its_svid_and_the_server_its_own() {
     let dev = Dev::start_with(tempfile::tempdir().unwrap(), &["--agent-svid-ttl", "4s"]);
-    dev.ok(&[
-        "identity",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/renewed",
-        "--kind",
-        "workload",
-        "--owner",
-        "o",
-        "--selector",
-        &format!("unix:uid:{}", uid()),
-    ]);
+    dev.register_for_me("spiffe://example.org/renewed");
     let token = dev.json(&["node", "token", "create"])["token"]
         .as_str()
         .unwrap()
@@ -496,18 +463,7 @@ fn agent_renews_its_svid_and_the_server_its_own() {
     assert_ne!(now["agent_serial"].as_str().unwrap(), first);
     assert_eq!(now["status"], "active");
     // the agent still talks to the server: a new registration reaches it
-    dev.ok(&[
-        "identity",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/late",
-        "--kind",
-        "workload",
-        "--owner",
-        "o",
-        "--selector",
-        &format!("unix:uid:{}", uid()),
-    ]);
+    dev.register_for_me("spiffe://example.org/late");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -107,20 +107,8 @@ fn mtls_between_two_workloads_then_revocation() {
         return;
     }
     let dev = Dev::start();
-    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
     for name in ["svc-a", "svc-b"] {
-        dev.ok(&[
-            "identity",
-            "create",
-            "--spiffe-id",
-            &format!("spiffe://example.org/{name}"),
-            "--kind",
-            "service",
-            "--owner",
-            "o",
-            "--selector",
-            &format!("unix:uid:{uid}"),
-        ]);
+        dev.register_for_me(&format!("spiffe://example.org/{name}"));
     }
     let work = tempfile::tempdir().unwrap();
     let sock = dev.path().join("agent.sock");

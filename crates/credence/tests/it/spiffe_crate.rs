@@ -2,7 +2,6 @@
 //! write, against `credence dev`: X509-SVID, bundles, JWT-SVID fetch and
 //! validation, and a rotation observed on its stream.
 
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,19 +19,7 @@ fn leaf_serial(ctx: &spiffe::X509Context) -> String {
 #[test]
 fn rust_spiffe_client_fetches_validates_and_sees_rotation() {
     let dev = Dev::start();
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    dev.ok(&[
-        "identity",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/rust-wl",
-        "--kind",
-        "workload",
-        "--owner",
-        "o",
-        "--selector",
-        &format!("unix:uid:{uid}"),
-    ]);
+    dev.register_for_me("spiffe://example.org/rust-wl");
     let endpoint = format!("unix://{}", dev.path().join("agent.sock").display());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

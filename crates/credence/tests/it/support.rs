@@ -93,6 +93,24 @@ impl Dev {
         String::from_utf8(o.stdout).unwrap()
     }
 
+    /// Registers a workload identity that this test process matches
+    /// (selector: its own uid).
+    pub fn register_for_me(&self, spiffe_id: &str) {
+        let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+        self.ok(&[
+            "identity",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--kind",
+            "workload",
+            "--owner",
+            "o",
+            "--selector",
+            &format!("unix:uid:{uid}"),
+        ]);
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
         a.push("--json");

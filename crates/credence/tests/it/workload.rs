@@ -1,7 +1,6 @@
 //! The Workload API of `credence dev` (DIR/agent.sock): a registered
 //! workload gets its SVID, and a revocation reaches its open stream.
 
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use credence_agent::generated::workload as pb;
@@ -11,19 +10,7 @@ use crate::support::{Dev, with_header, workload_client};
 #[test]
 fn dev_serves_the_workload_api_and_pushes_revocation() {
     let dev = Dev::start();
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
-    dev.ok(&[
-        "identity",
-        "create",
-        "--spiffe-id",
-        "spiffe://example.org/wl",
-        "--kind",
-        "workload",
-        "--owner",
-        "o",
-        "--selector",
-        &format!("unix:uid:{uid}"),
-    ]);
+    dev.register_for_me("spiffe://example.org/wl");
     let sock = dev.path().join("agent.sock");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
