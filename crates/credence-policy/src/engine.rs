@@ -319,12 +319,13 @@ impl Engine {
     }
 
     /// Replaces the entity store with a Cedar entities JSON document,
-    /// checked against the schema.
+    /// checked against the schema; returns how many entities it held.
     pub fn set_entities(&mut self, json: &Value) -> Result<usize, PolicyError> {
         let store = Entities::from_json_value(json.clone(), self.schema.as_ref())
             .map_err(|e| PolicyError::Entities(full(&e)))?;
         self.store = store;
-        Ok(self.store.len())
+        // the store also holds the schema's actions; report the document's
+        Ok(json.as_array().map_or(0, Vec::len))
     }
 
     fn uid(r: &EntityRef) -> Result<EntityUid, String> {
