@@ -235,12 +235,13 @@ fn policy_cli_validates_pushes_loads_and_explains() {
         "--activate",
     ]);
     assert!(out.contains("version 1 (active)"), "{out}");
-    dev.ok(&[
+    let loaded = dev.ok(&[
         "policy",
         "entities",
         "load",
         &format!("{TODO}/entities.json"),
     ]);
+    assert!(loaded.contains("loaded 9 entities"), "{loaded}");
     let req = dir.path().join("req.json");
     std::fs::write(
         &req,
