@@ -33,6 +33,9 @@ pub struct JwtSvidClaims<'a> {
     pub exp: i64,
     pub iat: i64,
     pub jti: &'a str,
+    /// OAuth 2.0 scopes, space-separated (RFC 8693 §4.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'a str>,
 }
 
 #[derive(Clone, Debug)]
@@ -144,6 +147,7 @@ mod tests {
                 exp: now + 300,
                 iat: now,
                 jti: "abc",
+                scope: None,
             })
             .unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(signer.jwk("sig")).unwrap();

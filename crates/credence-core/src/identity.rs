@@ -156,6 +156,79 @@ impl FromStr for Selector {
     }
 }
 
+/// An OAuth 2.0 scope token (RFC 6749 §3.3): 1–128 printable ASCII
+/// characters other than space, `"` and `\\`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(String);
+
+impl Scope {
+    /// Most scopes an identity or a request may carry.
+    pub const MAX: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        if s.is_empty() || s.len() > 128 {
+            return Err(CoreError::Invalid(format!(
+                "scope {:?} must be 1 to 128 characters",
+                truncate(s, 64)
+            )));
+        }
+        if !s
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
+            return Err(CoreError::Invalid(format!(
+                "scope {:?} may contain only printable ASCII other than space, '\"' and '\\'",
+                truncate(s, 64)
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Parses a list of scopes, refusing duplicates and more than [`Scope::MAX`].
+    pub fn parse_list<'a>(
+        items: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<Self>, CoreError> {
+        let mut out: Vec<Self> = Vec::new();
+        for s in items {
+            let s = Self::parse(s)?;
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        if out.len() > Self::MAX {
+            return Err(CoreError::Invalid(format!(
+                "too many scopes ({} > {})",
+                out.len(),
+                Self::MAX
+            )));
+        }
+        Ok(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scope({})", self.0)
+    }
+}
+string_serde!(Scope);
+
+impl FromStr for Scope {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 /// Free-form key/value labels. Keys are `[A-Za-z0-9._/-]{1,128}`, values at most
 /// 1024 bytes without control characters; at most 64 labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -286,6 +359,9 @@ pub struct Identity {
     /// every node.
     #[serde(default)]
     pub nodes: Vec<crate::NodeId>,
+    /// The scopes tokens minted for this identity may ever carry.
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
     /// Upper bound on the lifetime of any credential issued to this identity.
     pub max_ttl_seconds: Option<u32>,
     pub status: IdentityStatus,
@@ -329,6 +405,18 @@ mod tests {
         assert!(Selector::parse("nocolon").is_err());
         assert!(Selector::parse(":x").is_err());
         assert!(Selector::parse("unix:").is_err());
+    }
+
+    #[test]
+    fn scopes() {
+        assert!(Scope::parse("read:docs").is_ok());
+        assert!(Scope::parse("https://api.example.com/read").is_ok());
+        for bad in ["", "a b", "a\"b", "a\\b", "é", &"x".repeat(129)] {
+            assert!(Scope::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Scope::parse_list(["a", "b", "a"]).unwrap().len(), 2);
+        let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+        assert!(Scope::parse_list(many.iter().map(String::as_str)).is_err());
     }
 
     #[test]

@@ -76,15 +76,19 @@ macro_rules! hex128_id {
     };
 }
 
+mod admin;
 mod clock;
 mod credential;
 mod identity;
 mod node;
 mod spiffe;
 
+pub use admin::{Admin, AdminName};
 pub use clock::{Clock, CountingRandom, ManualClock, Random, SystemClock};
 pub use credential::{RevocationReason, Serial};
-pub use identity::{Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, Selector};
+pub use identity::{
+    Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, Scope, Selector,
+};
 pub use node::{JoinToken, Node, NodeId, NodeStatus};
 pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, TrustDomain};
 

@@ -18,7 +18,59 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{Decision, Engine, EntityRef, Query};
+use std::collections::HashMap;
+
+use crate::{Decision, Engine, EntityData, EntityRef, Query};
+
+/// Entities the caller knows better than the entity store (Credence's
+/// registry of identities): a subject or resource it resolves is used
+/// as resolved, whatever the request's `properties` say.
+pub trait Resolve {
+    fn resolve(&self, e: &EntityRef) -> Option<EntityData>;
+}
+
+/// Resolves nothing.
+pub struct NoResolve;
+
+impl Resolve for NoResolve {
+    fn resolve(&self, _: &EntityRef) -> Option<EntityData> {
+        None
+    }
+}
+
+impl Resolve for HashMap<EntityRef, EntityData> {
+    fn resolve(&self, e: &EntityRef) -> Option<EntityData> {
+        self.get(e).cloned()
+    }
+}
+
+/// Every subject and resource a request body names (top level and each
+/// batch item), so a caller can look them up before evaluating.
+pub fn referenced(map: &Mapping, body: &Value) -> Vec<EntityRef> {
+    let mut out = Vec::new();
+    let mut scan = |m: &Map<String, Value>| {
+        for k in ["subject", "resource"] {
+            if let Some(Value::Object(e)) = m.get(k)
+                && let (Some(Value::String(t)), Some(Value::String(id))) =
+                    (e.get("type"), e.get("id"))
+            {
+                let r = EntityRef::new(map.kind(t), id.clone());
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    };
+    if let Some(top) = body.as_object() {
+        scan(top);
+        if let Some(Value::Array(items)) = top.get("evaluations") {
+            for i in items.iter().filter_map(Value::as_object) {
+                scan(i);
+            }
+        }
+    }
+    out
+}
 
 /// A request the PDP cannot evaluate at all (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,7 +161,11 @@ fn entity(
 }
 
 /// The query of one (merged) evaluation request, and its explain flag.
-fn query(fields: &Map<String, Value>, map: &Mapping) -> Result<(Query, bool), String> {
+fn query(
+    fields: &Map<String, Value>,
+    map: &Mapping,
+    resolver: &dyn Resolve,
+) -> Result<(Query, bool), String> {
     let (principal, principal_attrs) = entity(fields.get("subject"), "subject", map)?;
     let (resource, resource_attrs) = entity(fields.get("resource"), "resource", map)?;
     let action = match fields.get("action") {
@@ -127,6 +183,10 @@ fn query(fields: &Map<String, Value>, map: &Mapping) -> Result<(Query, bool), St
     if !action_props.is_empty() {
         context.insert("action".into(), Value::Object(action_props));
     }
+    let entities = [&principal, &resource]
+        .into_iter()
+        .filter_map(|e| resolver.resolve(e))
+        .collect();
     Ok((
         Query {
             principal: Some(principal),
@@ -135,6 +195,7 @@ fn query(fields: &Map<String, Value>, map: &Mapping) -> Result<(Query, bool), St
             resource: Some(resource),
             resource_attrs,
             context,
+            entities,
         },
         explain,
     ))
@@ -153,8 +214,18 @@ fn response(d: &Decision, explain: bool) -> Value {
 
 /// `POST /access/v1/evaluation`.
 pub fn evaluation(engine: &Engine, map: &Mapping, body: &Value) -> Result<Outcome, RequestError> {
+    evaluation_with(engine, map, body, &NoResolve)
+}
+
+/// [`evaluation`] with entities resolved by the caller.
+pub fn evaluation_with(
+    engine: &Engine,
+    map: &Mapping,
+    body: &Value,
+    resolver: &dyn Resolve,
+) -> Result<Outcome, RequestError> {
     let fields = obj(body, "the request body").map_err(RequestError)?;
-    let (q, explain) = query(fields, map).map_err(RequestError)?;
+    let (q, explain) = query(fields, map, resolver).map_err(RequestError)?;
     let decision = engine.decide(&q);
     Ok(Outcome {
         body: response(&decision, explain),
@@ -175,6 +246,17 @@ pub fn evaluations(
     map: &Mapping,
     body: &Value,
     max_items: usize,
+) -> Result<Outcome, RequestError> {
+    evaluations_with(engine, map, body, max_items, &NoResolve)
+}
+
+/// [`evaluations`] with entities resolved by the caller.
+pub fn evaluations_with(
+    engine: &Engine,
+    map: &Mapping,
+    body: &Value,
+    max_items: usize,
+    resolver: &dyn Resolve,
 ) -> Result<Outcome, RequestError> {
     let top = obj(body, "the request body").map_err(RequestError)?;
     let semantic = match top.get("options") {
@@ -200,8 +282,10 @@ pub fn evaluations(
         Some(_) => return Err(RequestError("options must be a JSON object".into())),
     };
     let items = match top.get("evaluations") {
-        None | Some(Value::Null) => return evaluation(engine, map, body),
-        Some(Value::Array(a)) if a.is_empty() => return evaluation(engine, map, body),
+        None | Some(Value::Null) => return evaluation_with(engine, map, body, resolver),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return evaluation_with(engine, map, body, resolver);
+        }
         Some(Value::Array(a)) => a,
         Some(_) => return Err(RequestError("evaluations must be an array".into())),
     };
@@ -226,7 +310,7 @@ pub fn evaluations(
                         fields.insert(k.clone(), v.clone());
                     }
                 }
-                query(&fields, map)
+                query(&fields, map, resolver)
             }
             None => Err("each evaluation must be a JSON object".into()),
         };

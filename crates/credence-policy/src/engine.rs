@@ -6,14 +6,14 @@ use std::str::FromStr;
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
     Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
 };
 use serde_json::{Map, Value};
 
 use crate::PolicyError;
 
 /// An entity named by its Cedar type (`Ns::Type`) and id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EntityRef {
     pub kind: String,
     pub id: String,
@@ -28,6 +28,17 @@ impl EntityRef {
     }
 }
 
+/// An entity supplied with a question, complete with its parents and tags:
+/// it stands in for any entity of the same name in the store. Credence
+/// describes its own identities this way, from the registry.
+#[derive(Clone, Debug, Default)]
+pub struct EntityData {
+    pub uid: EntityRef,
+    pub attrs: Map<String, Value>,
+    pub parents: Vec<EntityRef>,
+    pub tags: Map<String, Value>,
+}
+
 /// One authorization question.
 #[derive(Clone, Debug, Default)]
 pub struct Query {
@@ -40,6 +51,8 @@ pub struct Query {
     /// Attributes of the resource when the entity store does not know it.
     pub resource_attrs: Map<String, Value>,
     pub context: Map<String, Value>,
+    /// Entities that take precedence over the store's.
+    pub entities: Vec<EntityData>,
 }
 
 /// The answer. `allow` is true only when Cedar allowed and nothing erred.
@@ -149,6 +162,9 @@ fn action_keys(c: ActionConstraint) -> Option<Vec<Key>> {
     }
 }
 
+/// Supplied entities by name, with their parents.
+type Supplied = HashMap<EntityUid, (Entity, Vec<EntityUid>)>;
+
 /// A validated policy set with its schema, scope index and entity store.
 pub struct Engine {
     /// `None` only for [`Engine::deny_all`].
@@ -175,14 +191,44 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Parses a schema in Cedar syntax, or JSON when it starts with `{`.
-fn parse_schema(src: &str) -> Result<Schema, PolicyError> {
+/// Parses a schema fragment in Cedar syntax, or JSON when it starts with `{`.
+fn parse_fragment(src: &str) -> Result<SchemaFragment, PolicyError> {
     if src.trim_start().starts_with('{') {
-        Schema::from_json_str(src).map_err(|e| PolicyError::Schema(full(&e)))
+        SchemaFragment::from_json_str(src).map_err(|e| PolicyError::Schema(full(&e)))
     } else {
-        Schema::from_cedarschema_str(src)
+        SchemaFragment::from_cedarschema_str(src)
             .map(|(s, _warnings)| s)
-            .map_err(|e| PolicyError::Schema(full(&e)))
+            .map_err(|e| PolicyError::Schema(located(&e, src)))
+    }
+}
+
+/// Policies that are part of every set (see [`Engine::compile_with`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Builtin<'a> {
+    /// A schema fragment merged with the set's own schema.
+    pub schema: &'a str,
+    /// Policies added to the set's own.
+    pub policies: &'a str,
+    /// An id prefix only the built-in policies may use (e.g. `credence.`).
+    pub reserved_prefix: &'a str,
+}
+
+/// [`full`], with the line and column of the error's first label in `src`
+/// (Cedar's parse errors carry the offset, not the position).
+fn located<E: std::fmt::Display + miette::Diagnostic>(e: &E, src: &str) -> String {
+    let at = e
+        .labels()
+        .and_then(|mut l| l.next())
+        .map(|l| l.offset())
+        .filter(|&o| o <= src.len() && src.is_char_boundary(o));
+    match at {
+        Some(o) => {
+            let before = &src[..o];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {col}: {}", full(e))
+        }
+        None => full(e),
     }
 }
 
@@ -217,32 +263,65 @@ mod miette_like {
 impl Engine {
     /// Parses and validates; lists every problem on failure.
     pub fn compile(schema_src: &str, policies_src: &str) -> Result<Self, PolicyError> {
-        let schema = parse_schema(schema_src)?;
-        let parsed = PolicySet::from_str(policies_src).map_err(|errs| {
-            PolicyError::Invalid(errs.iter().map(|e| full(e)).collect::<Vec<_>>())
-        })?;
+        Self::compile_with(Builtin::default(), schema_src, policies_src)
+    }
+
+    /// Like [`Engine::compile`], with built-in policies and schema merged
+    /// into the set: the set may refer to the built-in types, may not
+    /// declare them again, and may not use the reserved id prefix.
+    pub fn compile_with(
+        builtin: Builtin<'_>,
+        schema_src: &str,
+        policies_src: &str,
+    ) -> Result<Self, PolicyError> {
+        let mut fragments = Vec::new();
+        if !builtin.schema.trim().is_empty() {
+            fragments.push(parse_fragment(builtin.schema)?);
+        }
+        fragments.push(parse_fragment(schema_src)?);
+        let schema =
+            Schema::from_schema_fragments(fragments).map_err(|e| PolicyError::Schema(full(&e)))?;
+        let parse = |src: &str| {
+            PolicySet::from_str(src).map_err(|errs| {
+                PolicyError::Invalid(errs.iter().map(|e| located(e, src)).collect::<Vec<_>>())
+            })
+        };
+        let own = parse(policies_src)?;
+        let base = parse(builtin.policies)?;
         // name policies by @id, keeping source order
         let mut named = Vec::new();
         let mut seen = HashSet::new();
         let mut problems = Vec::new();
-        let mut ordered: Vec<&Policy> = parsed.policies().collect();
-        ordered.sort_by_key(|p| {
-            p.id()
-                .to_string()
-                .trim_start_matches("policy")
-                .parse::<u64>()
-                .unwrap_or(u64::MAX)
-        });
-        for p in ordered {
-            let id = p
-                .annotation("id")
-                .map(str::to_owned)
-                .unwrap_or_else(|| p.id().to_string());
-            if !seen.insert(id.clone()) {
-                problems.push(format!("two policies have the id {id:?}"));
-                continue;
+        for (set, is_builtin) in [(&base, true), (&own, false)] {
+            let mut ordered: Vec<&Policy> = set.policies().collect();
+            ordered.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse::<u64>()
+                    .unwrap_or(u64::MAX)
+            });
+            for p in ordered {
+                let id = p
+                    .annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| p.id().to_string());
+                if !is_builtin
+                    && !builtin.reserved_prefix.is_empty()
+                    && id.starts_with(builtin.reserved_prefix)
+                {
+                    problems.push(format!(
+                        "policy {id}: ids starting with {:?} are reserved for built-in policies",
+                        builtin.reserved_prefix
+                    ));
+                    continue;
+                }
+                if !seen.insert(id.clone()) {
+                    problems.push(format!("two policies have the id {id:?}"));
+                    continue;
+                }
+                named.push(p.new_id(PolicyId::new(id)));
             }
-            named.push(p.new_id(PolicyId::new(id)));
         }
         if !problems.is_empty() {
             return Err(PolicyError::Invalid(problems));
@@ -254,7 +333,7 @@ impl Engine {
             return Err(PolicyError::Invalid(
                 result
                     .validation_errors()
-                    .map(|e| format!("policy {}: {}", e.policy_id(), full(e)))
+                    .map(|e| format!("policy {}: {}", e.policy_id(), located(e, policies_src)))
                     .collect(),
             ));
         }
@@ -348,26 +427,67 @@ impl Engine {
             .map_err(|e| format!("attributes of {uid}: {}", full(&e)))
     }
 
-    /// Keys an entity is found under in the index: itself, its ancestors in
-    /// the store, its type.
-    fn keys_of(&self, uid: &EntityUid, within: &Entities) -> Vec<Key> {
-        let mut keys = vec![Key::Uid(uid.clone()), Key::Type(uid.type_name().clone())];
-        if let Some(anc) = within.ancestors(uid) {
-            keys.extend(anc.cloned().map(Key::Uid));
+    /// An entity supplied with the request.
+    fn supplied(e: &EntityData) -> Result<(EntityUid, Entity, Vec<EntityUid>), String> {
+        let uid = Self::uid(&e.uid)?;
+        let values = |m: &Map<String, Value>, what: &str| {
+            m.iter()
+                .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| format!("{what} of {uid}: {err}"))
+        };
+        let parents = e
+            .parents
+            .iter()
+            .map(Self::uid)
+            .collect::<Result<Vec<_>, _>>()?;
+        let entity = Entity::new_with_tags(
+            uid.clone(),
+            values(&e.attrs, "attributes")?,
+            parents.iter().cloned(),
+            values(&e.tags, "tags")?,
+        )
+        .map_err(|err| format!("entity {uid}: {}", full(&err)))?;
+        Ok((uid, entity, parents))
+    }
+
+    /// Every ancestor of `uid`: a supplied entity's parents and theirs in
+    /// the store, else the store's.
+    fn ancestors(&self, uid: &EntityUid, supplied: &Supplied) -> Vec<EntityUid> {
+        let mut out = Vec::new();
+        match supplied.get(uid) {
+            Some((_, parents)) => {
+                for p in parents {
+                    out.push(p.clone());
+                    if let Some(anc) = self.store.ancestors(p) {
+                        out.extend(anc.cloned());
+                    }
+                }
+            }
+            None => {
+                if let Some(anc) = self.store.ancestors(uid) {
+                    out.extend(anc.cloned());
+                }
+            }
         }
+        out
+    }
+
+    /// Keys an entity is found under in the index: itself, its type, its
+    /// ancestors.
+    fn keys_of(uid: &EntityUid, ancestors: &[EntityUid]) -> Vec<Key> {
+        let mut keys = vec![Key::Uid(uid.clone()), Key::Type(uid.type_name().clone())];
+        keys.extend(ancestors.iter().cloned().map(Key::Uid));
         keys
     }
 
     /// The policies whose scope can match: walk the most selective
     /// dimension's list and check the other two per policy.
-    fn candidates(&self, p: &EntityUid, a: &EntityUid, r: &EntityUid) -> Vec<usize> {
-        let pk = self.keys_of(p, &self.store);
-        let ak = self.keys_of(a, &self.actions);
-        let rk = self.keys_of(r, &self.store);
+    fn candidates(&self, pk: &[Key], ak: &[Key], rk: &[Key]) -> Vec<usize> {
         let dims = [
-            (self.principal.count(&pk), &self.principal, &pk),
-            (self.action.count(&ak), &self.action, &ak),
-            (self.resource.count(&rk), &self.resource, &rk),
+            (self.principal.count(pk), &self.principal, pk),
+            (self.action.count(ak), &self.action, ak),
+            (self.resource.count(rk), &self.resource, rk),
         ];
         let Some((_, dim, keys)) = dims.iter().min_by_key(|d| d.0) else {
             return Vec::new();
@@ -376,9 +496,7 @@ impl Engine {
             .each(keys)
             .filter(|&i| {
                 self.scopes.get(i).is_some_and(|s| {
-                    matches(&s.principal, &pk)
-                        && matches(&s.action, &ak)
-                        && matches(&s.resource, &rk)
+                    matches(&s.principal, pk) && matches(&s.action, ak) && matches(&s.resource, rk)
                 })
             })
             .collect();
@@ -414,19 +532,29 @@ impl Engine {
         let a = need(&q.action, "action")?;
         let r = need(&q.resource, "resource")?;
 
-        // this request's entities: principal, resource, their ancestors
-        let mut slice: HashMap<EntityUid, Entity> = HashMap::new();
+        // this request's entities: those supplied, principal, resource,
+        // their ancestors
+        let mut supplied: Supplied = HashMap::new();
+        for e in &q.entities {
+            let (uid, entity, parents) = Self::supplied(e)?;
+            supplied.insert(uid, (entity, parents));
+        }
+        let p_anc = self.ancestors(&p, &supplied);
+        let r_anc = self.ancestors(&r, &supplied);
+        let mut slice: HashMap<EntityUid, Entity> = supplied
+            .iter()
+            .map(|(u, (e, _))| (u.clone(), e.clone()))
+            .collect();
         for (uid, attrs) in [(&p, &q.principal_attrs), (&r, &q.resource_attrs)] {
-            if slice.contains_key(uid) {
-                continue;
+            if !slice.contains_key(uid) {
+                slice.insert(uid.clone(), self.entity(uid, attrs)?);
             }
-            slice.insert(uid.clone(), self.entity(uid, attrs)?);
-            if let Some(anc) = self.store.ancestors(uid) {
-                for u in anc {
-                    if let Some(e) = self.store.get(u) {
-                        slice.entry(u.clone()).or_insert_with(|| e.clone());
-                    }
-                }
+        }
+        for u in p_anc.iter().chain(&r_anc) {
+            if !slice.contains_key(u)
+                && let Some(e) = self.store.get(u)
+            {
+                slice.insert(u.clone(), e.clone());
             }
         }
         let entities = Entities::from_entities(
@@ -447,10 +575,19 @@ impl Engine {
 
         let slice;
         let set = if indexed {
+            let a_anc: Vec<EntityUid> = self
+                .actions
+                .ancestors(&a)
+                .map(|i| i.cloned().collect())
+                .unwrap_or_default();
             slice = PolicySet::from_policies(
-                self.candidates(&p, &a, &r)
-                    .into_iter()
-                    .filter_map(|i| self.policies.get(i).cloned()),
+                self.candidates(
+                    &Self::keys_of(&p, &p_anc),
+                    &Self::keys_of(&a, &a_anc),
+                    &Self::keys_of(&r, &r_anc),
+                )
+                .into_iter()
+                .filter_map(|i| self.policies.get(i).cloned()),
             )
             .map_err(|e| format!("policy slice: {}", full(&e)))?;
             &slice

@@ -25,5 +25,5 @@ pub mod authzen;
 mod engine;
 mod error;
 
-pub use engine::{Decision, Engine, EntityRef, Query};
+pub use engine::{Builtin, Decision, Engine, EntityData, EntityRef, Query};
 pub use error::PolicyError;

@@ -377,12 +377,7 @@ async fn issue_server_svid(
         )))
         .map_err(|e| ServerError::Internal(format!("server SVID key: {e}")))?;
     let rec = crate::service::audit(
-        &crate::service::Actor {
-            name: "system".into(),
-            method: "internal",
-            request_id: None,
-            client_addr: None,
-        },
+        &crate::service::Actor::internal("system"),
         now,
         "server.svid.issue",
         id.as_str(),

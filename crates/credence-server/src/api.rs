@@ -21,6 +21,7 @@ use credence_core::{IdentityKind, IdentityStatus, RevocationReason, Serial, Spif
 use credence_store::IdentityFilter;
 
 use crate::ServerError;
+use crate::authz::{AdminPrincipal, Principal, RouteRule, Target};
 use crate::service::{Actor, IdentityKey, IdentityUpdate, NewIdentity, RevokeTarget, Service};
 
 /// Largest request body accepted anywhere.
@@ -54,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/tokens", post(create_join_token))
         .route("/nodes/{id}", get(show_node))
         .route("/nodes/{id}/evict", post(evict_node))
+        .route("/admins", post(create_admin).get(list_admins))
+        .route("/admins/{name}", get(show_admin).delete(delete_admin))
         .route("/ca", get(show_ca))
         .route("/ca/rotate", post(rotate_ca))
         .route("/audit/checkpoint", get(audit_checkpoint))
@@ -250,6 +253,7 @@ async fn require_pdp_caller(
                     method: "jwt_svid",
                     request_id: Some(request_id),
                     client_addr,
+                    principal: Principal::Workload,
                 });
                 return Ok(next.run(req).await);
             }
@@ -271,49 +275,119 @@ async fn require_pdp_caller(
             }
         }
     }
-    require_admin(State(st), req, next).await
+    let actor = authenticate_admin(&st, &req).await?;
+    req.extensions_mut().insert(actor);
+    Ok(next.run(req).await)
 }
 
+/// The administrator a bearer token names: the root token, or a named
+/// administrator's unexpired token.
+async fn admin_for(st: &AppState, token: &str) -> Result<AdminPrincipal, &'static str> {
+    if bool::from(Service::token_hash(token).ct_eq(&st.admin_token_hash)) {
+        return Ok(AdminPrincipal::root());
+    }
+    if !token.starts_with(crate::admins::TOKEN_PREFIX) {
+        return Err("wrong admin token");
+    }
+    match st.svc.admin_by_token(token).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err("wrong admin token"),
+        Err(_) => Err("expired admin token"),
+    }
+}
+
+/// Authenticates an administrator (audited on failure).
+fn authenticate_admin<'a>(
+    st: &'a AppState,
+    req: &Request,
+) -> impl Future<Output = Result<Actor, ServerError>> + Send + 'a {
+    // nothing borrowed from the request lives across an await (a body is not Sync)
+    let request_id = request_id(req, &st.svc);
+    let client_addr = client_addr(req);
+    let token = bearer(req).map(str::to_owned);
+    // nested routers see the path without its /v1 prefix
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.0.path().to_owned())
+        .unwrap_or_else(|| req.uri().path().to_owned());
+    let method = req.method().as_str().to_owned();
+    async move { authenticate(st, token, request_id, client_addr, &method, &path).await }
+}
+
+async fn authenticate(
+    st: &AppState,
+    token: Option<String>,
+    request_id: String,
+    client_addr: Option<String>,
+    method: &str,
+    path: &str,
+) -> Result<Actor, ServerError> {
+    let checked = match token.as_deref() {
+        Some(t) => admin_for(st, t).await,
+        None => Err("no bearer token"),
+    };
+    match checked {
+        Ok(admin) => Ok(Actor {
+            name: if admin.name.is_root() {
+                "admin".into()
+            } else {
+                admin.name.to_string()
+            },
+            method: "admin_token",
+            request_id: Some(request_id),
+            client_addr,
+            principal: Principal::Admin(Arc::new(admin)),
+        }),
+        Err(why) => {
+            tracing::warn!(%path, client = ?client_addr, "admin authentication failed");
+            st.svc
+                .record_auth_failure(method, path, why, Some(request_id), client_addr)
+                .await;
+            Err(ServerError::Unauthorized)
+        }
+    }
+}
+
+/// The admin API: authenticated, then authorized by [`crate::authz::route_rule`].
 async fn require_admin(
     State(st): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ServerError> {
-    let request_id = request_id(&req, &st.svc);
-    let client_addr = client_addr(&req);
-    let presented = bearer(&req);
-    let ok =
-        presented.is_some_and(|t| bool::from(Service::token_hash(t).ct_eq(&st.admin_token_hash)));
-    if !ok {
-        // nested routers see the path without its /v1 prefix
-        let path = req
-            .extensions()
-            .get::<axum::extract::OriginalUri>()
-            .map(|u| u.0.path().to_owned())
-            .unwrap_or_else(|| req.uri().path().to_owned());
-        tracing::warn!(%path, client = ?client_addr, "admin authentication failed");
-        st.svc
-            .record_auth_failure(
-                req.method().as_str(),
-                &path,
-                if presented.is_some() {
-                    "wrong admin token"
-                } else {
-                    "no bearer token"
-                },
-                Some(request_id),
-                client_addr,
-            )
-            .await;
-        return Err(ServerError::Unauthorized);
+    let actor = authenticate_admin(&st, &req).await?;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    match crate::authz::route_rule(req.method().as_str(), &route) {
+        Some(RouteRule::PerIdentity) => {}
+        Some(RouteRule::Server(action)) => {
+            let checked = st.svc.authorize_admin(&actor, action, Target::Server).await;
+            // break glass: the root token can always fix the policies
+            // that lock it out
+            let policies = route.trim_start_matches("/v1").starts_with("/policies");
+            match checked {
+                Err(_) if policies && is_root(&actor) => {
+                    tracing::warn!(%route, "policies deny the root token; allowed to manage policies");
+                }
+                other => other?,
+            }
+        }
+        None => {
+            return Err(ServerError::Forbidden(
+                "forbidden",
+                format!("no authorization rule covers {} {route}", req.method()),
+            ));
+        }
     }
-    req.extensions_mut().insert(Actor {
-        name: "admin".into(),
-        method: "admin_token",
-        request_id: Some(request_id),
-        client_addr,
-    });
+    req.extensions_mut().insert(actor);
     Ok(next.run(req).await)
+}
+
+fn is_root(actor: &Actor) -> bool {
+    matches!(&actor.principal, Principal::Admin(a) if a.name.is_root())
 }
 
 // ---- public endpoints ----
@@ -417,6 +491,7 @@ struct ListQuery {
 
 async fn list_identities(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ServerError> {
     let mut labels = Vec::new();
@@ -438,7 +513,7 @@ async fn list_identities(
     }
     let page = st
         .svc
-        .list_identities(&filter, q.cursor.as_deref(), limit)
+        .list_identities_for(&caller, &filter, q.cursor.as_deref(), limit)
         .await?;
     Ok(Json(
         json!({"identities": page.items, "next_cursor": page.next_cursor}),
@@ -447,10 +522,11 @@ async fn list_identities(
 
 async fn show_identity(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath,
 ) -> Result<Json<Value>, ServerError> {
     let key = IdentityKey::parse(&id)?;
-    Ok(Json(json!(st.svc.get_identity(&key).await?)))
+    Ok(Json(json!(st.svc.show_identity(&caller, &key).await?)))
 }
 
 async fn update_identity(
@@ -605,6 +681,8 @@ enum OneOrMany {
 struct JwtRequest {
     spiffe_id: SpiffeId,
     audience: OneOrMany,
+    /// Space-separated (as in OAuth) or an array.
+    scope: Option<OneOrMany>,
     ttl: Option<Ttl>,
 }
 
@@ -618,7 +696,17 @@ async fn jwt_mint(
         OneOrMany::One(a) => vec![a],
         OneOrMany::Many(v) => v,
     };
-    let svid = st.svc.mint_jwt(&caller, &req.spiffe_id, &aud, ttl).await?;
+    let scopes = match &req.scope {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => {
+            credence_core::Scope::parse_list(s.split(' ').filter(|s| !s.is_empty()))?
+        }
+        Some(OneOrMany::Many(v)) => credence_core::Scope::parse_list(v.iter().map(String::as_str))?,
+    };
+    let svid = st
+        .svc
+        .mint_jwt(&caller, &req.spiffe_id, &aud, &scopes, ttl)
+        .await?;
     Ok(Json(svid))
 }
 
@@ -699,6 +787,7 @@ async fn list_revocations(State(st): State<AppState>) -> Result<Json<Value>, Ser
 
 async fn show_credential(
     State(st): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(serial): ApiPath,
 ) -> Result<Json<Value>, ServerError> {
     let key = match Serial::parse_hex(&serial) {
@@ -711,6 +800,14 @@ async fn show_credential(
         .get_credential(&key)
         .await?
         .ok_or_else(|| ServerError::NotFound(format!("no credential {serial}")))?;
+    st.svc
+        .authorize_about(
+            &caller,
+            crate::authz::AdminAction::ReadIdentity,
+            crate::authz::AdminAction::ReadServer,
+            &cred.spiffe_id,
+        )
+        .await?;
     let fmt = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
@@ -726,6 +823,41 @@ async fn show_credential(
         "key_sha256": cred.key_fingerprint,
         "revocation": rev.as_ref().map(revoked_json),
     })))
+}
+
+// ---- administrators ----
+
+async fn create_admin(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(new): ApiJson<crate::admins::NewAdmin>,
+) -> Result<(StatusCode, Json<crate::admins::CreatedAdmin>), ServerError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.svc.create_admin(&caller, new).await?),
+    ))
+}
+
+async fn list_admins(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
+    Ok(Json(json!({"admins": st.svc.list_admins().await?})))
+}
+
+async fn show_admin(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath,
+) -> Result<Json<credence_core::Admin>, ServerError> {
+    let name = credence_core::AdminName::parse(&name)?;
+    Ok(Json(st.svc.get_admin(&name).await?))
+}
+
+async fn delete_admin(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath(name): ApiPath,
+) -> Result<StatusCode, ServerError> {
+    let name = credence_core::AdminName::parse(&name)?;
+    st.svc.delete_admin(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- nodes ----

@@ -4,14 +4,18 @@
 //! admin API's strict JSON extractor: a wrong content type, malformed JSON
 //! or a missing required field is a 400, unknown fields are ignored, and the
 //! `X-Request-ID` of a request is echoed on its response. A deny is a 200
-//! with `{"decision": false}`. Callers authenticate with the admin token
-//! for now (SVID and JWT-SVID callers come with the policy-based admin
-//! authorization).
+//! with `{"decision": false}`. Callers authenticate with an admin token or
+//! a JWT-SVID whose audience is this PDP.
+//!
+//! A subject or resource of type `Credence::Identity` whose id is a
+//! registered SPIFFE ID is described from the registry (kind, owner,
+//! labels as tags, scopes, ...), whatever the request's properties say.
 //!
 //! Decisions are audited: every deny, and one allow in
 //! [`ALLOW_SAMPLE`]; the record names the question, the deciding policies
 //! and any errors. The audit append does not delay the answer.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
@@ -23,6 +27,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use credence_policy::authzen::{self, Evaluated};
+use credence_policy::{EntityData, EntityRef};
 
 use crate::ServerError;
 use crate::api::{ApiJson, ApiPath, AppState, Caller};
@@ -231,6 +236,29 @@ fn record_decisions(st: &AppState, actor: Actor, items: &[Evaluated]) {
     });
 }
 
+/// Subjects and resources of type `Credence::Identity` that are registered
+/// identities, described from the registry (their properties in the
+/// request are ignored: a caller cannot claim attributes for them).
+async fn registry_entities(
+    st: &AppState,
+    map: &authzen::Mapping,
+    body: &Value,
+) -> HashMap<EntityRef, EntityData> {
+    let mut out = HashMap::new();
+    for r in authzen::referenced(map, body) {
+        if r.kind != "Credence::Identity" {
+            continue;
+        }
+        let Ok(id) = credence_core::SpiffeId::parse(&r.id) else {
+            continue;
+        };
+        if let Ok(identity) = st.svc.identity_for(&id).await {
+            out.insert(r, crate::authz::identity_entity(&identity));
+        }
+    }
+    out
+}
+
 async fn run(st: AppState, req: Request, batch: bool) -> Response {
     let rid = req.headers().get("x-request-id").cloned();
     let actor = req
@@ -255,11 +283,18 @@ async fn run(st: AppState, req: Request, batch: bool) -> Response {
     };
     // without an active policy set the PDP still checks requests, and
     // denies every well-formed question
-    let pdp = st.svc.pdp_or_deny_all();
+    let pdp = st.svc.pdp_or_builtin();
+    let registry = registry_entities(&st, &pdp.mapping, &value).await;
     let outcome = if batch {
-        authzen::evaluations(&pdp.engine, &pdp.mapping, &value, MAX_EVALUATIONS)
+        authzen::evaluations_with(
+            &pdp.engine,
+            &pdp.mapping,
+            &value,
+            MAX_EVALUATIONS,
+            &registry,
+        )
     } else {
-        authzen::evaluation(&pdp.engine, &pdp.mapping, &value)
+        authzen::evaluation_with(&pdp.engine, &pdp.mapping, &value, &registry)
     };
     match outcome {
         Ok(o) => {

@@ -20,7 +20,7 @@ pub enum ServerError {
     Invalid(&'static str, String, Vec<String>),
     #[error("missing or invalid admin bearer token")]
     Unauthorized,
-    #[error("{0}")]
+    #[error("{1}")]
     Forbidden(&'static str, String),
     #[error("{0}")]
     NotFound(String),

@@ -9,14 +9,18 @@
 //! with graceful shutdown. [`config`] reads the production config file.
 //! [`nodes`] attests node agents (join tokens), authenticates them by their
 //! SVID and decides what each node's agent may fetch for its workloads.
+//! [`authz`] decides, with the policy engine, what each administrator may
+//! do and which credentials each identity may receive.
 //!
 //! Errors become HTTP statuses in exactly one place, [`ServerError`]'s
 //! `IntoResponse`, which always answers `{"error": code, "message": text}`.
 
+pub mod admins;
 pub mod agent_api;
 pub mod api;
 pub mod audit_log;
 pub mod authority;
+pub mod authz;
 pub mod authzen_api;
 pub mod config;
 mod error;

@@ -62,6 +62,7 @@ impl Service {
             },
             request_id: None,
             client_addr,
+            principal: crate::authz::Principal::Node,
         }
     }
 
@@ -175,6 +176,7 @@ impl Service {
             method: "join_token",
             request_id: None,
             client_addr,
+            principal: crate::authz::Principal::Anonymous,
         };
         let hash = sha256_hex(token.as_bytes());
         let rec = audit(
@@ -232,6 +234,7 @@ impl Service {
             .sign_x509(
                 actor,
                 Subject {
+                    identity: None,
                     identity_id: &as_identity,
                     spiffe_id: &node.spiffe_id,
                     max_ttl_seconds: ttl_cap,
@@ -427,6 +430,7 @@ impl Service {
             &actor,
             Subject::of(&identity, Some(&node.id)),
             audience,
+            &[],
             None,
         )
         .await

@@ -96,7 +96,7 @@ fn compile(rec_schema: &str, rec_policies: &str) -> Result<Engine, ServerError> 
             format!("schema and policies are limited to {MAX_POLICY_TEXT} bytes each"),
         ));
     }
-    Engine::compile(rec_schema, rec_policies).map_err(invalid)
+    Engine::compile_with(crate::authz::builtin(), rec_schema, rec_policies).map_err(invalid)
 }
 
 /// Most ids of each kind named in an audit record (an audit leaf is
@@ -161,18 +161,25 @@ impl Service {
         })
     }
 
-    /// The active PDP, or one with no policies (every question denied) when
-    /// no policy set is active.
-    pub fn pdp_or_deny_all(&self) -> Arc<Pdp> {
-        static DENY_ALL: std::sync::OnceLock<Arc<Pdp>> = std::sync::OnceLock::new();
+    /// The active PDP, or, when no policy set is active, one with only the
+    /// built-in policies (every question about other services is denied).
+    pub fn pdp_or_builtin(&self) -> Arc<Pdp> {
+        static BUILTIN: std::sync::OnceLock<Arc<Pdp>> = std::sync::OnceLock::new();
         self.pdp().unwrap_or_else(|| {
-            DENY_ALL
+            BUILTIN
                 .get_or_init(|| {
+                    let engine = Engine::compile_with(crate::authz::builtin(), "", "")
+                        .unwrap_or_else(|e| {
+                            // a build-time constant; its unit test keeps this unreachable
+                            tracing::error!(error = %e, "built-in policies do not compile; denying everything");
+                            Engine::deny_all()
+                        });
+                    let texts = engine.policy_texts();
                     Arc::new(Pdp {
-                        engine: Engine::deny_all(),
+                        engine,
                         version: 0,
                         mapping: credence_policy::authzen::Mapping::default(),
-                        texts: BTreeMap::new(),
+                        texts,
                     })
                 })
                 .clone()

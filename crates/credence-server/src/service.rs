@@ -12,7 +12,8 @@ use time::{Duration, OffsetDateTime};
 use credence_ca::x509::{CheckedCsr, CrlEntry, LeafKey, certs_to_pem};
 use credence_ca::{Audience, JwtSvidClaims, KeyWrapper, SoftwareKey, sha256};
 use credence_core::{
-    Clock, Identity, IdentityId, IdentityStatus, NodeId, Random, RevocationReason, Serial, SpiffeId,
+    Clock, Identity, IdentityId, IdentityStatus, NodeId, Random, RevocationReason, Scope, Serial,
+    SpiffeId,
 };
 use credence_store::{
     AuditRecord, CredentialKind, IdentityFilter, IssuedCredential, Page, RevokedEntry, Store,
@@ -20,6 +21,7 @@ use credence_store::{
 
 use crate::ServerError;
 use crate::authority::{self, Authority, CaLifetimes};
+use crate::authz::{AdminAction, IssueRequest, Target};
 
 /// Lifetimes of issued credentials.
 #[derive(Clone, Debug)]
@@ -61,15 +63,32 @@ pub struct Actor {
     pub request_id: Option<String>,
     /// The peer address of the connection.
     pub client_addr: Option<String>,
+    /// What it may do is decided for this principal.
+    pub principal: crate::authz::Principal,
 }
 
 impl Actor {
+    /// The root administrator (the configured admin token).
     pub fn admin() -> Self {
         Self {
             name: "admin".into(),
             method: "admin_token",
             request_id: None,
             client_addr: None,
+            principal: crate::authz::Principal::Admin(std::sync::Arc::new(
+                crate::authz::AdminPrincipal::root(),
+            )),
+        }
+    }
+
+    /// Credence itself, in process.
+    pub fn internal(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            method: "internal",
+            request_id: None,
+            client_addr: None,
+            principal: crate::authz::Principal::Internal,
         }
     }
 }
@@ -132,6 +151,9 @@ pub struct Service {
 
 /// Who an X509-SVID or JWT-SVID is for, once it may be issued.
 pub(crate) struct Subject<'a> {
+    /// The registered identity (`None` for Credence's own components,
+    /// which the issuance policy does not govern).
+    pub identity: Option<&'a Identity>,
     pub identity_id: &'a IdentityId,
     pub spiffe_id: &'a SpiffeId,
     pub max_ttl_seconds: Option<u32>,
@@ -142,6 +164,7 @@ pub(crate) struct Subject<'a> {
 impl<'a> Subject<'a> {
     pub(crate) fn of(identity: &'a Identity, node: Option<&'a NodeId>) -> Self {
         Self {
+            identity: Some(identity),
             identity_id: &identity.id,
             spiffe_id: &identity.spiffe_id,
             max_ttl_seconds: identity.max_ttl_seconds,
@@ -366,6 +389,7 @@ impl Service {
             labels: new.labels.unwrap_or_default(),
             selectors: new.selectors.unwrap_or_default(),
             nodes: new.nodes.unwrap_or_default(),
+            scopes: check_scopes(new.scopes.unwrap_or_default())?,
             max_ttl_seconds: new.max_ttl_seconds,
             status: IdentityStatus::Active,
             created_at: now,
@@ -373,6 +397,12 @@ impl Service {
             last_issued_at: None,
         };
         check_description(&identity.description)?;
+        self.authorize_admin(
+            actor,
+            AdminAction::CreateIdentity,
+            Target::Identity(&identity),
+        )
+        .await?;
         self.store
             .create_identity(
                 &identity,
@@ -407,6 +437,36 @@ impl Service {
         Ok(self.store.list_identities(filter, cursor, limit).await?)
     }
 
+    /// An identity, if `actor` may read it.
+    pub async fn show_identity(
+        &self,
+        actor: &Actor,
+        key: &IdentityKey,
+    ) -> Result<Identity, ServerError> {
+        let identity = self.get_identity(key).await?;
+        self.authorize_admin(
+            actor,
+            AdminAction::ReadIdentity,
+            Target::Identity(&identity),
+        )
+        .await?;
+        Ok(identity)
+    }
+
+    /// A page of identities without those `actor` may not read (a page
+    /// can come back shorter than `limit`; follow `next_cursor`).
+    pub async fn list_identities_for(
+        &self,
+        actor: &Actor,
+        filter: &IdentityFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Identity>, ServerError> {
+        let mut page = self.store.list_identities(filter, cursor, limit).await?;
+        page.items.retain(|i| self.may_read(actor, i));
+        Ok(page)
+    }
+
     pub async fn update_identity(
         &self,
         actor: &Actor,
@@ -415,6 +475,17 @@ impl Service {
     ) -> Result<Identity, ServerError> {
         let mut identity = self.get_identity(key).await?;
         let before = identity.clone();
+        let what = match change.status {
+            Some(IdentityStatus::Disabled) if before.status != IdentityStatus::Disabled => {
+                AdminAction::DisableIdentity
+            }
+            Some(IdentityStatus::Active) if before.status != IdentityStatus::Active => {
+                AdminAction::EnableIdentity
+            }
+            _ => AdminAction::UpdateIdentity,
+        };
+        self.authorize_admin(actor, what, Target::Identity(&before))
+            .await?;
         let mut changed = Vec::new();
         if let Some(k) = change.kind {
             identity.kind = k;
@@ -441,6 +512,10 @@ impl Service {
             identity.nodes = n;
             changed.push("nodes");
         }
+        if let Some(sc) = change.scopes {
+            identity.scopes = check_scopes(sc)?;
+            changed.push("scopes");
+        }
         if let Some(t) = change.max_ttl_seconds {
             check_ttl(t)?;
             identity.max_ttl_seconds = t;
@@ -459,6 +534,11 @@ impl Service {
             }
             _ => "identity.update",
         };
+        // and after: nobody moves an identity out of their own reach
+        if identity != before {
+            self.authorize_admin(actor, what, Target::Identity(&identity))
+                .await?;
+        }
         let now = self.clock.now();
         identity.updated_at = now;
         self.store
@@ -484,6 +564,12 @@ impl Service {
         key: &IdentityKey,
     ) -> Result<(), ServerError> {
         let identity = self.get_identity(key).await?;
+        self.authorize_admin(
+            actor,
+            AdminAction::DeleteIdentity,
+            Target::Identity(&identity),
+        )
+        .await?;
         let now = self.clock.now();
         // Drop from the cache first: a concurrent issuance must not see it.
         self.cache_drop(&identity.spiffe_id);
@@ -576,6 +662,12 @@ impl Service {
         ttl: Option<Duration>,
     ) -> Result<X509Svid, ServerError> {
         let identity = self.issuable(spiffe_id).await?;
+        self.authorize_admin(
+            actor,
+            AdminAction::MintCredential,
+            Target::Identity(&identity),
+        )
+        .await?;
         self.sign_x509(actor, Subject::of(&identity, None), key, ttl)
             .await
     }
@@ -595,6 +687,18 @@ impl Service {
             self.policy.x509_max_ttl,
             subject.max_ttl_seconds,
         )?;
+        if let Some(identity) = subject.identity {
+            self.authorize_issue(
+                actor,
+                IssueRequest {
+                    identity,
+                    jwt: None,
+                    ttl_seconds: ttl.whole_seconds(),
+                    node: subject.node.map(NodeId::as_str),
+                },
+            )
+            .await?;
+        }
         let auth = self.authority();
         let now = self.clock.now();
         let not_after = (now + ttl).min(auth.intermediate.not_after);
@@ -661,10 +765,17 @@ impl Service {
         actor: &Actor,
         spiffe_id: &SpiffeId,
         audience: &[String],
+        scopes: &[Scope],
         ttl: Option<Duration>,
     ) -> Result<JwtSvid, ServerError> {
         let identity = self.issuable(spiffe_id).await?;
-        self.sign_jwt(actor, Subject::of(&identity, None), audience, ttl)
+        self.authorize_admin(
+            actor,
+            AdminAction::MintCredential,
+            Target::Identity(&identity),
+        )
+        .await?;
+        self.sign_jwt(actor, Subject::of(&identity, None), audience, scopes, ttl)
             .await
     }
 
@@ -674,6 +785,7 @@ impl Service {
         actor: &Actor,
         subject: Subject<'_>,
         audience: &[String],
+        scopes: &[Scope],
         ttl: Option<Duration>,
     ) -> Result<JwtSvid, ServerError> {
         let spiffe_id = subject.spiffe_id;
@@ -695,6 +807,26 @@ impl Service {
             self.policy.jwt_max_ttl,
             subject.max_ttl_seconds,
         )?;
+        if scopes.len() > Scope::MAX {
+            return Err(ServerError::bad(
+                "invalid_scope",
+                format!("at most {} scopes", Scope::MAX),
+            ));
+        }
+        let scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        if let Some(identity) = subject.identity {
+            self.authorize_issue(
+                actor,
+                IssueRequest {
+                    identity,
+                    jwt: Some((audience, &scope_names)),
+                    ttl_seconds: ttl.whole_seconds(),
+                    node: subject.node.map(NodeId::as_str),
+                },
+            )
+            .await?;
+        }
+        let scope = (!scope_names.is_empty()).then(|| scope_names.join(" "));
         let auth = self.authority();
         let now = self.clock.now();
         let exp = now + ttl;
@@ -706,6 +838,7 @@ impl Service {
             exp: exp.unix_timestamp(),
             iat: now.unix_timestamp(),
             jti: &jti,
+            scope: scope.as_deref(),
         })?;
         let cred = IssuedCredential {
             kind: CredentialKind::Jwt,
@@ -723,7 +856,7 @@ impl Service {
             now,
             "jwt.issue",
             spiffe_id.as_str(),
-            json!({"jti": jti, "aud": audience, "ttl_seconds": ttl.whole_seconds(), "kid": auth.jwt.kid()}),
+            json!({"jti": jti, "aud": audience, "scope": scope, "ttl_seconds": ttl.whole_seconds(), "kid": auth.jwt.kid()}),
         );
         self.store.record_issued(vec![(cred, rec)]).await?;
         Ok(JwtSvid {
@@ -742,6 +875,23 @@ impl Service {
         target: RevokeTarget,
         reason: RevocationReason,
     ) -> Result<Vec<RevokedEntry>, ServerError> {
+        let whose = match &target {
+            RevokeTarget::Serial(s) => self
+                .store
+                .get_credential(s)
+                .await?
+                .map(|(c, _)| c.spiffe_id),
+            RevokeTarget::SpiffeId(id) => Some(id.clone()),
+        };
+        if let Some(id) = &whose {
+            self.authorize_about(
+                actor,
+                AdminAction::RevokeCredential,
+                AdminAction::RevokeUnregistered,
+                id,
+            )
+            .await?;
+        }
         let now = self.clock.now();
         let out = match &target {
             RevokeTarget::Serial(s) => {
@@ -856,6 +1006,7 @@ impl Service {
             method: "none",
             request_id,
             client_addr,
+            principal: crate::authz::Principal::Anonymous,
         };
         let mut rec = audit(
             &actor,
@@ -924,6 +1075,9 @@ pub struct NewIdentity {
     /// Nodes whose agents may serve it (default: every node).
     #[serde(default)]
     pub nodes: Option<Vec<NodeId>>,
+    /// Scopes its tokens may ever carry (default: none).
+    #[serde(default)]
+    pub scopes: Option<Vec<credence_core::Scope>>,
     #[serde(default)]
     pub max_ttl_seconds: Option<u32>,
 }
@@ -945,6 +1099,8 @@ pub struct IdentityUpdate {
     pub selectors: Option<Vec<credence_core::Selector>>,
     #[serde(default)]
     pub nodes: Option<Vec<NodeId>>,
+    #[serde(default)]
+    pub scopes: Option<Vec<credence_core::Scope>>,
     #[serde(default, with = "double_option")]
     pub max_ttl_seconds: Option<Option<u32>>,
     #[serde(default)]
@@ -972,6 +1128,13 @@ fn check_ttl(t: Option<u32>) -> Result<(), ServerError> {
         ));
     }
     Ok(())
+}
+
+/// Scopes as a set: duplicates dropped, at most [`credence_core::Scope::MAX`].
+fn check_scopes(s: Vec<credence_core::Scope>) -> Result<Vec<credence_core::Scope>, ServerError> {
+    Ok(credence_core::Scope::parse_list(
+        s.iter().map(credence_core::Scope::as_str),
+    )?)
 }
 
 fn check_description(d: &str) -> Result<(), ServerError> {

@@ -42,7 +42,8 @@ mod error;
 mod sqlite;
 
 use credence_core::{
-    Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Node, RevocationReason, SpiffeId,
+    Admin, AdminName, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Node,
+    RevocationReason, SpiffeId,
 };
 use time::OffsetDateTime;
 
@@ -352,6 +353,23 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditRecord,
     ) -> Result<(), StoreError>;
     async fn policy_entities(&self) -> Result<Option<String>, StoreError>;
+
+    // administrators
+
+    /// Inserts with the SHA-256 (hex) of its token; Conflict on the same name.
+    async fn create_admin(
+        &self,
+        admin: &Admin,
+        token_hash: &str,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// The administrator whose token has this SHA-256 (hex).
+    async fn admin_by_token_hash(&self, token_hash: &str) -> Result<Option<Admin>, StoreError>;
+    async fn get_admin(&self, name: &AdminName) -> Result<Option<Admin>, StoreError>;
+    /// Ordered by name.
+    async fn list_admins(&self) -> Result<Vec<Admin>, StoreError>;
+    /// NotFound if absent.
+    async fn delete_admin(&self, name: &AdminName, audit: AuditRecord) -> Result<(), StoreError>;
 
     // CA material
 

@@ -58,6 +58,7 @@ fn query(i: usize, n: usize) -> Query {
         resource: Some(EntityRef::new("Bench::Doc", format!("doc-{i}"))),
         resource_attrs: attrs,
         context,
+        entities: Vec::new(),
     }
 }
 

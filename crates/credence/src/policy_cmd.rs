@@ -66,10 +66,22 @@ fn json_file(p: &Path) -> Result<Value, CliError> {
 
 /// Offline validation needs no server.
 pub fn validate(schema: &Path, policies: &Path) -> Result<(), CliError> {
-    match credence_policy::Engine::compile(&read(schema)?, &read(policies)?) {
+    match credence_policy::Engine::compile_with(
+        credence_server::authz::builtin(),
+        &read(schema)?,
+        &read(policies)?,
+    ) {
         Ok(e) => {
-            let ids = e.policy_ids();
-            println!("valid: {} policies ({})", ids.len(), ids.join(", "));
+            let (builtin, own): (Vec<String>, Vec<String>) = e
+                .policy_ids()
+                .into_iter()
+                .partition(|id| id.starts_with(credence_server::authz::builtin().reserved_prefix));
+            println!(
+                "valid: {} policies ({}), plus {} built-in",
+                own.len(),
+                own.join(", "),
+                builtin.len()
+            );
             Ok(())
         }
         Err(credence_policy::PolicyError::Invalid(list)) => Err(CliError(format!(

@@ -2,7 +2,7 @@
 //! the scope index.
 
 use credence_policy::authzen::{Mapping, evaluation, evaluations};
-use credence_policy::{Engine, EntityRef, PolicyError, Query};
+use credence_policy::{Builtin, Engine, EntityRef, PolicyError, Query};
 use serde_json::json;
 
 use crate::authzen_todo::todo_engine;
@@ -29,6 +29,15 @@ fn invalid_policies_are_refused_with_every_error() {
     assert!(list.len() >= 2, "{list:?}");
     assert!(list.iter().any(|m| m.contains("policy a")), "{list:?}");
     assert!(list.iter().any(|m| m.contains("policy b")), "{list:?}");
+    // each names where it is
+    assert!(
+        list.iter().any(|m| m.contains("line 2, column")),
+        "{list:?}"
+    );
+    assert!(
+        list.iter().any(|m| m.contains("line 3, column")),
+        "{list:?}"
+    );
     // syntax errors, all of them
     let e = Engine::compile(SCHEMA, "permit(principal action, resource); forbid(;").unwrap_err();
     assert!(matches!(e, PolicyError::Invalid(_)), "{e:?}");
@@ -40,6 +49,95 @@ fn invalid_policies_are_refused_with_every_error() {
         Engine::compile("namespace {", "").unwrap_err(),
         PolicyError::Schema(_)
     ));
+    let e = Engine::compile("namespace A {\n  entity B,;\n}", "").unwrap_err();
+    assert!(e.to_string().contains("line 2, column"), "{e}");
+}
+
+#[test]
+fn built_in_policies_and_schema_are_merged_and_reserved() {
+    let builtin = Builtin {
+        schema: "namespace Base { entity Admin; action manage appliesTo { principal: Admin, resource: Admin }; }",
+        policies: r#"@id("base.root") permit (principal == Base::Admin::"root", action, resource);"#,
+        reserved_prefix: "base.",
+    };
+    // the set can refer to built-in types and narrow built-in permits
+    let e = Engine::compile_with(
+        builtin,
+        SCHEMA,
+        r#"@id("no-self") forbid (principal, action == Base::Action::"manage", resource) when { principal == resource };"#,
+    )
+    .unwrap();
+    let ask = |p: &str, r: &str| {
+        e.decide(&Query {
+            principal: Some(EntityRef::new("Base::Admin", p)),
+            action: Some(EntityRef::new("Base::Action", "manage")),
+            resource: Some(EntityRef::new("Base::Admin", r)),
+            ..Default::default()
+        })
+    };
+    assert!(ask("root", "other").allow);
+    assert_eq!(ask("root", "root").policies, ["no-self"]);
+    assert!(!ask("eve", "other").allow);
+    // reserved ids and redeclared built-in types are refused
+    let e = Engine::compile_with(
+        builtin,
+        SCHEMA,
+        r#"@id("base.mine") permit (principal, action, resource);"#,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("reserved"), "{e}");
+    assert!(Engine::compile_with(builtin, "namespace Base { entity Admin; }", "").is_err());
+}
+
+#[test]
+fn supplied_entities_take_precedence_with_parents_and_tags() {
+    let schema = r#"
+namespace S {
+  entity Team;
+  entity Bot in [Team] = { kind: String } tags String;
+  entity Doc = { team: String };
+  action read appliesTo { principal: Bot, resource: Doc };
+}
+"#;
+    let mut e = Engine::compile(
+        schema,
+        r#"
+@id("team-blue") permit (principal in S::Team::"blue", action, resource);
+@id("no-quarantine") forbid (principal, action, resource) when { principal.hasTag("quarantine") };
+"#,
+    )
+    .unwrap();
+    // the store says the bot is in team red
+    e.set_entities(&json!([
+        {"uid": {"type": "S::Bot", "id": "b"}, "attrs": {"kind": "x"}, "parents": [{"type": "S::Team", "id": "red"}]},
+        {"uid": {"type": "S::Doc", "id": "d"}, "attrs": {"team": "blue"}, "parents": []},
+    ]))
+    .unwrap();
+    let bot = |parents: &[&str], tags: serde_json::Value| credence_policy::EntityData {
+        uid: EntityRef::new("S::Bot", "b"),
+        attrs: json!({"kind": "x"}).as_object().unwrap().clone(),
+        parents: parents
+            .iter()
+            .map(|p| EntityRef::new("S::Team", *p))
+            .collect(),
+        tags: tags.as_object().unwrap().clone(),
+    };
+    let ask = |entities: Vec<credence_policy::EntityData>| {
+        e.decide(&Query {
+            principal: Some(EntityRef::new("S::Bot", "b")),
+            action: Some(EntityRef::new("S::Action", "read")),
+            resource: Some(EntityRef::new("S::Doc", "d")),
+            entities,
+            ..Default::default()
+        })
+    };
+    assert!(!ask(Vec::new()).allow);
+    let d = ask(vec![bot(&["blue"], json!({}))]);
+    assert!(d.allow, "{d:?}");
+    assert_eq!(d.policies, ["team-blue"]);
+    let d = ask(vec![bot(&["blue"], json!({"quarantine": "yes"}))]);
+    assert_eq!(d.policies, ["no-quarantine"]);
+    assert!(!d.allow);
 }
 
 fn engine(policies: &str) -> Engine {

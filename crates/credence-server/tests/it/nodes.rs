@@ -11,7 +11,7 @@ use credence_server::service::Actor;
 
 use crate::service::fixture;
 
-fn csr(san: Option<&str>) -> credence_ca::x509::CheckedCsr {
+pub(crate) fn csr(san: Option<&str>) -> credence_ca::x509::CheckedCsr {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name = DistinguishedName::new();

@@ -124,7 +124,13 @@ async fn ttl_defaults_and_caps() {
     );
     let jwt = f
         .svc
-        .mint_jwt(&a, &id("spiffe://example.org/free"), &["api".into()], None)
+        .mint_jwt(
+            &a,
+            &id("spiffe://example.org/free"),
+            &["api".into()],
+            &[],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -191,7 +197,7 @@ async fn disabled_and_deleted_identities_get_nothing() {
     );
     let e = f
         .svc
-        .mint_jwt(&a, &id("spiffe://example.org/d"), &["x".into()], None)
+        .mint_jwt(&a, &id("spiffe://example.org/d"), &["x".into()], &[], None)
         .await
         .unwrap_err();
     assert!(matches!(e, ServerError::Forbidden(..)), "{e}");
@@ -278,7 +284,13 @@ async fn jwt_revocation_is_kept_until_expiry() {
         .unwrap();
     let jwt = f
         .svc
-        .mint_jwt(&a, &id("spiffe://example.org/j"), &["api".into()], None)
+        .mint_jwt(
+            &a,
+            &id("spiffe://example.org/j"),
+            &["api".into()],
+            &[],
+            None,
+        )
         .await
         .unwrap();
     f.svc

@@ -33,6 +33,11 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "policies",
         include_str!("../../migrations/sqlite/0004_policies.sql"),
     ),
+    (
+        5,
+        "admins scopes",
+        include_str!("../../migrations/sqlite/0005_admins_scopes.sql"),
+    ),
 ];
 
 pub(crate) fn migrator() -> Migrator {

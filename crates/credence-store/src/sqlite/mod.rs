@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use credence_core::{Identity, IdentityId, JoinToken, Node, RevocationReason, SpiffeId};
+use credence_core::{
+    Admin, AdminName, Identity, IdentityId, JoinToken, Node, RevocationReason, SpiffeId,
+};
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
@@ -19,7 +21,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, QueryBuilder};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use self::rows::{AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, NODE_COLS, POLICY_COLS, ts};
+use self::rows::{
+    ADMIN_COLS, AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, NODE_COLS, POLICY_COLS, ts,
+};
 pub use self::writer::GROUP_COMMIT_MAX;
 use self::writer::{BoxFuture, IssueRequest, Msg, WriteOp};
 use crate::{
@@ -571,6 +575,56 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.read)
                 .await?,
         )
+    }
+
+    async fn create_admin(
+        &self,
+        admin: &Admin,
+        token_hash: &str,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let admin = admin.clone();
+        let hash = token_hash.to_owned();
+        self.write(move |c| Box::pin(ops::create_admin(c, admin, hash, audit)))
+            .await
+    }
+
+    async fn admin_by_token_hash(&self, token_hash: &str) -> Result<Option<Admin>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ADMIN_COLS} FROM admins WHERE token_hash = ?"
+        )))
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::admin).transpose()
+    }
+
+    async fn get_admin(&self, name: &AdminName) -> Result<Option<Admin>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ADMIN_COLS} FROM admins WHERE name = ?"
+        )))
+        .bind(name.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::admin).transpose()
+    }
+
+    async fn list_admins(&self) -> Result<Vec<Admin>, StoreError> {
+        self.check_open()?;
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ADMIN_COLS} FROM admins ORDER BY name"
+        )))
+        .fetch_all(&self.read)
+        .await?;
+        found.iter().map(rows::admin).collect()
+    }
+
+    async fn delete_admin(&self, name: &AdminName, audit: AuditRecord) -> Result<(), StoreError> {
+        let name = name.as_str().to_owned();
+        self.write(move |c| Box::pin(ops::delete_admin(c, name, audit)))
+            .await
     }
 
     async fn save_ca(&self, ca: &CaRecord, audit: AuditRecord) -> Result<(), StoreError> {

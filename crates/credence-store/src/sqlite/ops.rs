@@ -1,14 +1,16 @@
 //! The mutations other than issuance, each one transaction on the write
 //! connection (run by the writer task), audit record included.
 
-use credence_core::{Identity, IdentityId, JoinToken, Node, NodeId, RevocationReason, SpiffeId};
+use credence_core::{
+    Admin, Identity, IdentityId, JoinToken, Node, NodeId, RevocationReason, SpiffeId,
+};
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{Connection, QueryBuilder, Transaction};
 use time::OffsetDateTime;
 
 use super::log::{Ctx, Staged};
 use super::rows::{
-    self, CREDENTIAL_COLS, labels_json, nodes_json, selectors_json, truncate_ts, ts,
+    self, CREDENTIAL_COLS, labels_json, nodes_json, scopes_json, selectors_json, truncate_ts, ts,
 };
 use crate::{AuditRecord, CaRecord, PolicySetRecord, RevokedEntry, StoreError};
 
@@ -73,6 +75,7 @@ pub(crate) async fn create_identity(
     let labels = labels_json(&identity.labels)?;
     let selectors = selectors_json(&identity.selectors)?;
     let nodes = nodes_json(&identity.nodes)?;
+    let scopes = scopes_json(&identity.scopes)?;
     let mut tx = begin(&mut ctx.conn).await?;
     if exists(
         &mut tx,
@@ -97,8 +100,8 @@ pub(crate) async fn create_identity(
     }
     sqlx::query(
         "INSERT INTO identities (id, spiffe_id, kind, owner, description, labels_json, \
-         selectors_json, nodes_json, max_ttl_seconds, status, created_at, updated_at, \
-         last_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         selectors_json, nodes_json, scopes_json, max_ttl_seconds, status, created_at, \
+         updated_at, last_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(identity.id.as_str())
     .bind(identity.spiffe_id.as_str())
@@ -108,6 +111,7 @@ pub(crate) async fn create_identity(
     .bind(labels)
     .bind(selectors)
     .bind(nodes)
+    .bind(scopes)
     .bind(identity.max_ttl_seconds.map(i64::from))
     .bind(identity.status.as_str())
     .bind(ts(identity.created_at))
@@ -128,6 +132,7 @@ pub(crate) async fn update_identity(
     let labels = labels_json(&identity.labels)?;
     let selectors = selectors_json(&identity.selectors)?;
     let nodes = nodes_json(&identity.nodes)?;
+    let scopes = scopes_json(&identity.scopes)?;
     let mut tx = begin(&mut ctx.conn).await?;
     let holder: Option<String> =
         sqlx::query_scalar("SELECT id FROM identities WHERE spiffe_id = ?")
@@ -139,8 +144,8 @@ pub(crate) async fn update_identity(
     }
     let done = sqlx::query(
         "UPDATE identities SET spiffe_id = ?, kind = ?, owner = ?, description = ?, \
-         labels_json = ?, selectors_json = ?, nodes_json = ?, max_ttl_seconds = ?, status = ?, \
-         updated_at = ? WHERE id = ?",
+         labels_json = ?, selectors_json = ?, nodes_json = ?, scopes_json = ?, \
+         max_ttl_seconds = ?, status = ?, updated_at = ? WHERE id = ?",
     )
     .bind(identity.spiffe_id.as_str())
     .bind(identity.kind.as_str())
@@ -149,6 +154,7 @@ pub(crate) async fn update_identity(
     .bind(labels)
     .bind(selectors)
     .bind(nodes)
+    .bind(scopes)
     .bind(identity.max_ttl_seconds.map(i64::from))
     .bind(identity.status.as_str())
     .bind(ts(identity.updated_at))
@@ -559,6 +565,61 @@ pub(crate) async fn save_policy_entities(
     .bind(ts(at))
     .execute(&mut *tx)
     .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn create_admin(
+    ctx: &mut Ctx,
+    admin: Admin,
+    token_hash: String,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let teams = serde_json::to_string(&admin.teams)
+        .map_err(|e| StoreError::Invalid(format!("teams: {e}")))?;
+    let mut tx = begin(&mut ctx.conn).await?;
+    if exists(
+        &mut tx,
+        "SELECT 1 FROM admins WHERE name = ?",
+        admin.name.as_str(),
+    )
+    .await?
+    {
+        return Err(StoreError::Conflict(format!(
+            "admin {} already exists",
+            admin.name
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO admins (name, teams_json, description, token_hash, created_at, created_by, \
+         expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(admin.name.as_str())
+    .bind(teams)
+    .bind(admin.description.as_str())
+    .bind(token_hash)
+    .bind(ts(admin.created_at))
+    .bind(admin.created_by.as_str())
+    .bind(admin.expires_at.map(ts))
+    .execute(&mut *tx)
+    .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn delete_admin(
+    ctx: &mut Ctx,
+    name: String,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    let done = sqlx::query("DELETE FROM admins WHERE name = ?")
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("admin {name} not found")));
+    }
     commit_with(tx, &mut ctx.log, &audit).await?;
     Ok(())
 }

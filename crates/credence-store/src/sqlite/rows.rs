@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use credence_core::{
-    Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId,
-    NodeStatus, Owner, RevocationReason, Selector, SpiffeId,
+    Admin, AdminName, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node,
+    NodeId, NodeStatus, Owner, RevocationReason, Scope, Selector, SpiffeId,
 };
 use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Decode, Row, Type};
@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub(crate) const IDENTITY_COLS: &str = "id, spiffe_id, kind, owner, description, labels_json, \
-     selectors_json, nodes_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
+     selectors_json, nodes_json, scopes_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
 
 pub(crate) const CREDENTIAL_COLS: &str = "serial, kind, identity_id, spiffe_id, issuer, \
      not_before, not_after, key_fingerprint, node_id, revoked_at, revocation_reason";
@@ -114,6 +114,11 @@ pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
     let nodes: String = get(row, T, "nodes_json")?;
     let nodes: Vec<NodeId> =
         serde_json::from_str(&nodes).map_err(|e| corrupt(T, "nodes_json", e))?;
+    let scopes: String = get(row, T, "scopes_json")?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&scopes).map_err(|e| corrupt(T, "scopes_json", e))?;
+    let scopes = Scope::parse_list(scopes.iter().map(String::as_str))
+        .map_err(|e| corrupt(T, "scopes_json", e))?;
     let max_ttl: Option<i64> = get(row, T, "max_ttl_seconds")?;
     let max_ttl_seconds = max_ttl
         .map(|v| u32::try_from(v).map_err(|e| corrupt(T, "max_ttl_seconds", e)))
@@ -127,6 +132,7 @@ pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
         labels,
         selectors,
         nodes,
+        scopes,
         max_ttl_seconds,
         status: parse::<IdentityStatus>(row, T, "status")?,
         created_at: time_col(row, T, "created_at")?,
@@ -213,6 +219,32 @@ pub(crate) fn join_token(row: &SqliteRow) -> Result<JoinToken, StoreError> {
         expires_at: time_col(row, T, "expires_at")?,
         used_at: opt_time_col(row, T, "used_at")?,
         node_id: opt_node_id(row, T, "node_id")?,
+    })
+}
+
+pub(crate) fn scopes_json(scopes: &[Scope]) -> Result<String, StoreError> {
+    serde_json::to_string(scopes).map_err(|e| StoreError::Invalid(format!("scopes: {e}")))
+}
+
+pub(crate) const ADMIN_COLS: &str =
+    "name, teams_json, description, created_at, created_by, expires_at";
+
+pub(crate) fn admin(row: &SqliteRow) -> Result<Admin, StoreError> {
+    const T: &str = "admins";
+    let teams: String = get(row, T, "teams_json")?;
+    let teams: Vec<String> =
+        serde_json::from_str(&teams).map_err(|e| corrupt(T, "teams_json", e))?;
+    let teams = teams
+        .iter()
+        .map(|t| Owner::new(t).map_err(|e| corrupt(T, "teams_json", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Admin {
+        name: parse::<AdminName>(row, T, "name")?,
+        teams,
+        description: get(row, T, "description")?,
+        created_at: time_col(row, T, "created_at")?,
+        created_by: get(row, T, "created_by")?,
+        expires_at: opt_time_col(row, T, "expires_at")?,
     })
 }
 

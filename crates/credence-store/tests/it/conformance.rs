@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use credence_core::{
-    Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId,
-    NodeStatus, Owner, RevocationReason, Selector, SpiffeId,
+    Admin, AdminName, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node,
+    NodeId, NodeStatus, Owner, RevocationReason, Scope, Selector, SpiffeId,
 };
 use credence_store::{
     AuditActor, AuditRecord, CaRecord, CredentialKind, IdentityFilter, IssuedCredential, Outcome,
@@ -74,6 +74,7 @@ pub fn identity(n: u32) -> Identity {
         labels: Labels::new(labels).unwrap(),
         selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
         nodes: Vec::new(),
+        scopes: Vec::new(),
         max_ttl_seconds: Some(3600),
         status: IdentityStatus::Active,
         created_at: t(i64::from(n)),
@@ -1552,6 +1553,102 @@ pub async fn identity_nodes_round_trip(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i));
+}
+
+pub async fn identity_scopes_round_trip(store: &dyn Store) {
+    let mut i = identity(1);
+    i.scopes = Scope::parse_list(["docs:read", "docs:write"]).unwrap();
+    create(store, &i).await;
+    assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i.clone()));
+    i.scopes.pop();
+    i.updated_at = t(50);
+    store
+        .update_identity(&i, audit("identity.update", i.spiffe_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i));
+}
+
+// ---------------------------------------------------------------- admins
+
+pub async fn admins_create_find_delete(store: &dyn Store) {
+    let alice = Admin {
+        name: AdminName::parse("alice").unwrap(),
+        teams: vec![
+            Owner::new("payments").unwrap(),
+            Owner::new("search").unwrap(),
+        ],
+        description: "payments lead".into(),
+        created_at: t(1),
+        created_by: "root".into(),
+        expires_at: Some(t(86_400)),
+    };
+    let bob = Admin {
+        name: AdminName::parse("bob").unwrap(),
+        teams: Vec::new(),
+        description: String::new(),
+        created_at: t(2),
+        created_by: "root".into(),
+        expires_at: None,
+    };
+    store
+        .create_admin(&bob, &"b".repeat(64), audit("admin.create", "bob"))
+        .await
+        .unwrap();
+    store
+        .create_admin(&alice, &"a".repeat(64), audit("admin.create", "alice"))
+        .await
+        .unwrap();
+    assert_eq!(last_audit(store).await.target, "alice");
+    // same name, or same token hash: refused, nothing written
+    let n = store.audit_count().await.unwrap();
+    assert!(matches!(
+        store
+            .create_admin(&alice, &"c".repeat(64), audit("admin.create", "alice"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut carol = bob.clone();
+    carol.name = AdminName::parse("carol").unwrap();
+    assert!(
+        store
+            .create_admin(&carol, &"a".repeat(64), audit("admin.create", "carol"))
+            .await
+            .is_err()
+    );
+    assert_eq!(store.audit_count().await.unwrap(), n);
+
+    assert_eq!(
+        store.admin_by_token_hash(&"a".repeat(64)).await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        store.admin_by_token_hash(&"d".repeat(64)).await.unwrap(),
+        None
+    );
+    assert_eq!(store.get_admin(&bob.name).await.unwrap(), Some(bob.clone()));
+    let names: Vec<String> = store
+        .list_admins()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    store
+        .delete_admin(&alice.name, audit("admin.delete", "alice"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admin_by_token_hash(&"a".repeat(64)).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store
+            .delete_admin(&alice.name, audit("admin.delete", "alice"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 // ---------------------------------------------------------------- policies

@@ -59,6 +59,8 @@ conformance_suite! {
         join_token_single_use_and_expiry,
         evict_node_revokes_its_credentials,
         identity_nodes_round_trip,
+        identity_scopes_round_trip,
+        admins_create_find_delete,
         policy_sets_versions_and_activation,
     ];
     harness: [reopen_keeps_data],
