@@ -19,6 +19,10 @@
 //!     `{"seq": N}` now and after every change (registration, revocation,
 //!     rotation, eviction), and a heartbeat every 10 s. Agents re-sync on
 //!     each line; the stream ends when the node is evicted.
+//!
+//! The AuthZEN PDP (`POST /access/v1/evaluation(s)`) is served here too,
+//! for services that authenticate with their X509-SVID (mutual TLS)
+//! rather than a bearer token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -98,13 +102,55 @@ fn router(state: AgentState) -> Router {
         .route("/jwt", post(jwt))
         .route("/watch", get(watch_changes))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_agent));
+    let pdp = crate::authzen_api::pdp_routes::<AgentState>()
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_svid));
     Router::new()
         .route("/agent/v1/attest", post(attest))
         .nest("/agent/v1", authed)
+        .merge(pdp)
         .fallback(|| async { ServerError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ServerError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_AGENT_BODY))
         .with_state(state)
+}
+
+impl axum::extract::FromRef<AgentState> for Arc<Service> {
+    fn from_ref(s: &AgentState) -> Self {
+        s.svc.clone()
+    }
+}
+
+/// PDP callers on this listener: any unrevoked X509-SVID of this trust
+/// domain (the TLS handshake has already verified its chain).
+async fn require_svid(
+    State(st): State<AgentState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ServerError> {
+    let leaf = req
+        .extensions()
+        .get::<PeerCert>()
+        .and_then(|p| p.0.clone())
+        .ok_or_else(|| {
+            refused("the PDP on this listener needs an X509-SVID as client certificate")
+        })?;
+    let client_addr = client_addr(req.extensions());
+    let info = credence_ca::x509::svid_info(&leaf)
+        .map_err(|e| refused(&format!("the client certificate is not an X509-SVID: {e}")))?;
+    if !info.spiffe_id.is_member_of(&st.svc.trust_domain()) {
+        return Err(refused("the X509-SVID is not of this trust domain"));
+    }
+    if st.svc.is_revoked(&info.serial).await? {
+        return Err(refused("the X509-SVID has been revoked"));
+    }
+    req.extensions_mut().insert(crate::service::Actor {
+        name: info.spiffe_id.to_string(),
+        method: "x509_svid",
+        request_id: None,
+        client_addr,
+        principal: crate::authz::Principal::Workload,
+    });
+    Ok(next.run(req).await)
 }
 
 async fn require_agent(

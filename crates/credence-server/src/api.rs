@@ -35,6 +35,12 @@ pub struct AppState {
     pub base_url: String,
 }
 
+impl axum::extract::FromRef<AppState> for Arc<Service> {
+    fn from_ref(s: &AppState) -> Self {
+        s.svc.clone()
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/identities", post(create_identity).get(list_identities))

@@ -16,10 +16,11 @@
 //! and any errors. The audit append does not delay the answer.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,9 +33,9 @@ use credence_policy::{EntityData, EntityRef};
 use crate::ServerError;
 use crate::api::{ApiJson, ApiPath, AppState, Caller};
 use crate::policies::NewPolicySet;
-use crate::service::{Actor, audit};
+use crate::service::{Actor, Service, audit};
 
-/// One allow in this many is audited (every deny is).
+/// By default one allow in this many is audited (every deny is).
 pub const ALLOW_SAMPLE: u64 = 100;
 /// Largest AuthZEN request body.
 pub const MAX_AUTHZEN_BODY: usize = 1024 * 1024;
@@ -44,6 +45,14 @@ pub const MAX_EVALUATIONS: usize = 1000;
 pub const MAX_POLICY_BODY: usize = 16 * 1024 * 1024;
 
 static ALLOWS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether this allow is one of the sampled (one in `one_in`; 0: none).
+fn sampled(one_in: u64) -> bool {
+    one_in != 0
+        && ALLOWS
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(one_in)
+}
 
 /// Routes under `/v1/policies` (admin).
 pub fn admin_routes() -> Router<AppState> {
@@ -56,8 +65,13 @@ pub fn admin_routes() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(MAX_POLICY_BODY))
 }
 
-/// `/access/v1/*` (admin token, checked by the caller's middleware).
-pub fn pdp_routes() -> Router<AppState> {
+/// `/access/v1/*`; the caller's middleware authenticates and puts the
+/// [`Actor`] in the request's extensions.
+pub fn pdp_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Service>: FromRef<S>,
+{
     Router::new()
         .route("/access/v1/evaluation", post(evaluation))
         .route("/access/v1/evaluations", post(evaluations))
@@ -183,15 +197,12 @@ fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Value, String> {
     serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
-fn record_decisions(st: &AppState, actor: Actor, items: &[Evaluated]) {
-    let svc = st.svc.clone();
+fn record_decisions(svc: &Arc<Service>, actor: Actor, items: &[Evaluated]) {
+    let svc = svc.clone();
+    let one_in = svc.decision_audit_allows();
     let mut records = Vec::new();
     for ev in items {
-        let sampled = ev.decision.allow
-            && ALLOWS
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(ALLOW_SAMPLE);
-        if ev.decision.allow && !sampled {
+        if ev.decision.allow && !sampled(one_in) {
             continue;
         }
         let (subject, action, resource) = match &ev.query {
@@ -218,6 +229,7 @@ fn record_decisions(st: &AppState, actor: Actor, items: &[Evaluated]) {
                 "resource": resource,
                 "errors": ev.decision.errors,
                 "sampled": ev.decision.allow,
+                "sample_one_in": if ev.decision.allow { Some(one_in) } else { None },
             }),
         );
         rec.policies = ev.decision.policies.clone();
@@ -240,7 +252,7 @@ fn record_decisions(st: &AppState, actor: Actor, items: &[Evaluated]) {
 /// identities, described from the registry (their properties in the
 /// request are ignored: a caller cannot claim attributes for them).
 async fn registry_entities(
-    st: &AppState,
+    svc: &Service,
     map: &authzen::Mapping,
     body: &Value,
 ) -> HashMap<EntityRef, EntityData> {
@@ -252,20 +264,19 @@ async fn registry_entities(
         let Ok(id) = credence_core::SpiffeId::parse(&r.id) else {
             continue;
         };
-        if let Ok(identity) = st.svc.identity_for(&id).await {
+        if let Ok(identity) = svc.identity_for(&id).await {
             out.insert(r, crate::authz::identity_entity(&identity));
         }
     }
     out
 }
 
-async fn run(st: AppState, req: Request, batch: bool) -> Response {
+async fn run(svc: Arc<Service>, req: Request, batch: bool) -> Response {
     let rid = req.headers().get("x-request-id").cloned();
-    let actor = req
-        .extensions()
-        .get::<Actor>()
-        .cloned()
-        .unwrap_or_else(Actor::admin);
+    let Some(actor) = req.extensions().get::<Actor>().cloned() else {
+        // a router without an authenticating middleware: fail closed
+        return ServerError::Unauthorized.into_response();
+    };
     let headers = req.headers().clone();
     let body = match axum::body::to_bytes(req.into_body(), MAX_AUTHZEN_BODY).await {
         Ok(b) => b,
@@ -283,8 +294,8 @@ async fn run(st: AppState, req: Request, batch: bool) -> Response {
     };
     // without an active policy set the PDP still checks requests, and
     // denies every well-formed question
-    let pdp = st.svc.pdp_or_builtin();
-    let registry = registry_entities(&st, &pdp.mapping, &value).await;
+    let pdp = svc.pdp_or_builtin();
+    let registry = registry_entities(&svc, &pdp.mapping, &value).await;
     let outcome = if batch {
         authzen::evaluations_with(
             &pdp.engine,
@@ -298,7 +309,7 @@ async fn run(st: AppState, req: Request, batch: bool) -> Response {
     };
     match outcome {
         Ok(o) => {
-            record_decisions(&st, actor, &o.items);
+            record_decisions(&svc, actor, &o.items);
             let mut r = Json(o.body).into_response();
             if let Some(id) = &rid {
                 r.headers_mut().insert("x-request-id", id.clone());
@@ -309,10 +320,10 @@ async fn run(st: AppState, req: Request, batch: bool) -> Response {
     }
 }
 
-async fn evaluation(State(st): State<AppState>, req: Request) -> Response {
-    run(st, req, false).await
+async fn evaluation(State(svc): State<Arc<Service>>, req: Request) -> Response {
+    run(svc, req, false).await
 }
 
-async fn evaluations(State(st): State<AppState>, req: Request) -> Response {
-    run(st, req, true).await
+async fn evaluations(State(svc): State<Arc<Service>>, req: Request) -> Response {
+    run(svc, req, true).await
 }

@@ -52,6 +52,9 @@ pub struct ServerConfig {
 pub struct AuditSection {
     /// How often a checkpoint is signed while the log grows (default 1s).
     pub checkpoint_interval: Option<String>,
+    /// One PDP allow in this many is audited (default 100; 0: none; 1:
+    /// all). Every deny is audited.
+    pub pdp_allow_sample: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +221,10 @@ impl ServerConfig {
                 Duration::seconds(1),
             )?
             .unsigned_abs(),
+            pdp_allow_sample: self
+                .audit
+                .pdp_allow_sample
+                .unwrap_or(crate::authzen_api::ALLOW_SAMPLE),
         })
     }
 }

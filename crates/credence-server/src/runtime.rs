@@ -45,6 +45,8 @@ pub struct Options {
     pub checkpoint_interval: std::time::Duration,
     /// Where the agent API (mTLS, for node agents) listens; `None`: off.
     pub agent_listen: Option<SocketAddr>,
+    /// One PDP allow in this many is audited (0: none); denies always are.
+    pub pdp_allow_sample: u64,
 }
 
 /// A running server.
@@ -163,6 +165,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         .await?,
     );
     svc.load_policies().await?;
+    svc.set_decision_audit_allows(opts.pdp_allow_sample);
     let std_listener = std::net::TcpListener::bind(opts.listen)
         .map_err(|e| ServerError::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     std_listener

@@ -147,6 +147,8 @@ pub struct Service {
     /// The active policy set, compiled, with the entity store; `None`
     /// until one is activated (every PDP question is then denied).
     pub(crate) pdp: RwLock<Option<Arc<crate::policies::Pdp>>>,
+    /// One PDP allow in this many is audited (0: none); denies always are.
+    decision_audit_allows: std::sync::atomic::AtomicU64,
 }
 
 /// Who an X509-SVID or JWT-SVID is for, once it may be issued.
@@ -242,7 +244,22 @@ impl Service {
             crl: Mutex::new(None),
             changes: tokio::sync::watch::channel(0).0,
             pdp: RwLock::new(None),
+            decision_audit_allows: std::sync::atomic::AtomicU64::new(
+                crate::authzen_api::ALLOW_SAMPLE,
+            ),
         })
+    }
+
+    /// Audits one PDP allow in `one_in` (0: none, 1: all); every deny is
+    /// audited regardless.
+    pub fn set_decision_audit_allows(&self, one_in: u64) {
+        self.decision_audit_allows
+            .store(one_in, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn decision_audit_allows(&self) -> u64 {
+        self.decision_audit_allows
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A receiver that changes after every identity change, revocation and

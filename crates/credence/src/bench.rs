@@ -588,6 +588,7 @@ pub(crate) async fn start_server_with(
         clock: Arc::new(SystemClock),
         rng: Arc::new(credence_ca::SystemRandom),
         checkpoint_interval: Duration::from_secs(1),
+        pdp_allow_sample: credence_server::authzen_api::ALLOW_SAMPLE,
         agent_listen,
     })
     .await

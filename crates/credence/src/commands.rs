@@ -27,6 +27,7 @@ pub async fn dev(
     listen: SocketAddr,
     agent_listen: Option<SocketAddr>,
     agent_svid_ttl: time::Duration,
+    pdp_allow_sample: u64,
     trust_domain: &str,
     durability: &str,
 ) -> Result<(), CliError> {
@@ -57,6 +58,7 @@ pub async fn dev(
         rng: Arc::new(rng),
         checkpoint_interval: std::time::Duration::from_secs(1),
         agent_listen,
+        pdp_allow_sample,
     })
     .await
     .map_err(cli_err)?;
@@ -189,6 +191,9 @@ pub enum IdentityCmd {
         /// Replace the nodes that may serve it (node id, repeatable; `any` clears)
         #[arg(long)]
         node: Vec<String>,
+        /// Replace its scopes (repeatable; `none` clears)
+        #[arg(long)]
+        scope: Vec<String>,
         /// Credential lifetime cap, e.g. 30m
         #[arg(long)]
         max_ttl: Option<String>,
@@ -222,6 +227,9 @@ pub struct IdentityFields {
     /// KEY=VALUE (repeatable)
     #[arg(long)]
     label: Vec<String>,
+    /// OAuth scope its tokens may carry (repeatable)
+    #[arg(long)]
+    scope: Vec<String>,
     /// Credential lifetime cap, e.g. 30m
     #[arg(long)]
     max_ttl: Option<String>,
@@ -273,6 +281,10 @@ fn print_identity(v: &Value) {
         let parts: Vec<&str> = sel.iter().filter_map(Value::as_str).collect();
         println!("selectors:      {}", parts.join(", "));
     }
+    if let Some(sc) = v["scopes"].as_array().filter(|a| !a.is_empty()) {
+        let parts: Vec<&str> = sc.iter().filter_map(Value::as_str).collect();
+        println!("scopes:         {}", parts.join(" "));
+    }
     if let Some(t) = v["max_ttl_seconds"].as_u64() {
         println!("max_ttl:        {t}s");
     }
@@ -301,6 +313,7 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
                 "selectors": f.selector,
                 "nodes": f.node,
                 "labels": labels_json(&f.label)?,
+                "scopes": f.scope,
             });
             if let Some(d) = f.description {
                 body["description"] = json!(d);
@@ -379,6 +392,7 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
             label,
             selector,
             node,
+            scope,
             max_ttl,
         } => {
             let mut body = serde_json::Map::new();
@@ -401,6 +415,11 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
                 body.insert("nodes".into(), json!([]));
             } else if !node.is_empty() {
                 body.insert("nodes".into(), json!(node));
+            }
+            if scope == ["none"] {
+                body.insert("scopes".into(), json!([]));
+            } else if !scope.is_empty() {
+                body.insert("scopes".into(), json!(scope));
             }
             if let Some(t) = max_ttl {
                 body.insert("max_ttl_seconds".into(), json!(ttl_seconds(&t)?));
@@ -538,6 +557,9 @@ pub enum JwtCmd {
         /// Audience (repeatable; at least one)
         #[arg(long, required = true)]
         audience: Vec<String>,
+        /// OAuth scope (repeatable); must be among the identity's scopes
+        #[arg(long)]
+        scope: Vec<String>,
         #[arg(long)]
         ttl: Option<String>,
     },
@@ -547,9 +569,13 @@ pub async fn jwt(c: &Client, cmd: JwtCmd, json_mode: bool) -> Result<(), CliErro
     let JwtCmd::Mint {
         spiffe_id,
         audience,
+        scope,
         ttl,
     } = cmd;
     let mut body = json!({"spiffe_id": spiffe_id, "audience": audience});
+    if !scope.is_empty() {
+        body["scope"] = json!(scope);
+    }
     if let Some(t) = ttl {
         body["ttl"] = json!(t);
     }
@@ -735,4 +761,91 @@ pub async fn crl(c: &Client, out_file: Option<PathBuf>) -> Result<(), CliError> 
             .map_err(|e| CliError(format!("cannot write {}: {e}", p.display()))),
         None => std::io::stdout().write_all(&der).map_err(cli_err),
     }
+}
+
+// ---- administrators ----
+
+#[derive(Subcommand)]
+pub enum AdminCmd {
+    /// Create a named administrator; prints its token once
+    Create {
+        name: String,
+        /// A team it belongs to (repeatable); policies compare teams with identity owners
+        #[arg(long)]
+        team: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Token lifetime, e.g. 90d (default: no expiry)
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List administrators
+    List,
+    /// Show one administrator
+    Show { name: String },
+    /// Delete an administrator (its token stops working at once)
+    Delete { name: String },
+}
+
+fn print_admin(v: &Value) {
+    let teams: Vec<&str> = v["teams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "{:<24} teams: {:<30} expires: {}",
+        v["name"].as_str().unwrap_or(""),
+        if teams.is_empty() {
+            "-".to_owned()
+        } else {
+            teams.join(",")
+        },
+        v["expires_at"].as_str().unwrap_or("never"),
+    );
+}
+
+pub async fn admin(c: &Client, cmd: AdminCmd, json_mode: bool) -> Result<(), CliError> {
+    match cmd {
+        AdminCmd::Create {
+            name,
+            team,
+            description,
+            ttl,
+        } => {
+            let mut body = json!({"name": name, "teams": team});
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            if let Some(t) = ttl {
+                body["ttl_seconds"] = json!(ttl_seconds(&t)?);
+            }
+            let v = c.post("/v1/admins", &body).await?;
+            out(json_mode, &v, |v| {
+                print_admin(v);
+                eprintln!("token (shown once; keep it secret):");
+                println!("{}", v["token"].as_str().unwrap_or(""));
+            });
+        }
+        AdminCmd::List => {
+            let v = c.get("/v1/admins").await?;
+            out(json_mode, &v, |v| {
+                for a in v["admins"].as_array().into_iter().flatten() {
+                    print_admin(a);
+                }
+            });
+        }
+        AdminCmd::Show { name } => {
+            let v = c.get(&format!("/v1/admins/{}", enc(&name))).await?;
+            out(json_mode, &v, print_admin);
+        }
+        AdminCmd::Delete { name } => {
+            c.delete(&format!("/v1/admins/{}", enc(&name))).await?;
+            out(json_mode, &json!({"deleted": name}), |_| {
+                println!("deleted {name}")
+            });
+        }
+    }
+    Ok(())
 }

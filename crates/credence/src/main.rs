@@ -84,6 +84,9 @@ enum Cmd {
     /// Cedar policy sets and the AuthZEN PDP: validate, push, activate, entities, test
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCmd),
+    /// Named administrators with their own tokens and teams
+    #[command(subcommand)]
+    Admin(commands::AdminCmd),
     /// Nodes: join tokens, list, show, evict
     #[command(subcommand)]
     Node(commands::NodeCmd),
@@ -128,6 +131,9 @@ struct DevArgs {
     /// Lifetime of node agents' own X509-SVIDs (renewed at half-life)
     #[arg(long, default_value = "1h")]
     agent_svid_ttl: String,
+    /// Audit one PDP allow in N (0: none, 1: all); every deny is audited
+    #[arg(long, default_value_t = credence_server::authzen_api::ALLOW_SAMPLE)]
+    pdp_allow_sample: u64,
 }
 
 fn main() {
@@ -189,6 +195,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 a.listen,
                 agent_listen,
                 agent_svid_ttl,
+                a.pdp_allow_sample,
                 &a.trust_domain,
                 &a.durability,
             )
@@ -240,6 +247,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Revoke(a) => commands::revoke(&client, a, json).await,
                 Cmd::Ca(c) => commands::ca(&client, c, json).await,
                 Cmd::Node(c) => commands::node(&client, c, json).await,
+                Cmd::Admin(c) => commands::admin(&client, c, json).await,
                 Cmd::Policy(c) => policy_cmd::run(&client, c, json).await,
                 Cmd::Crl { out } => commands::crl(&client, out).await,
                 Cmd::Audit(a) => audit_cmd::run(Some(&client), a, json).await,

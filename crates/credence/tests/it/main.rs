@@ -11,6 +11,7 @@ mod interop;
 mod lifecycle;
 mod mtls;
 mod pdp;
+mod rbac;
 mod spiffe_crate;
 mod support;
 mod workload;
