@@ -201,6 +201,35 @@ fn query(
     ))
 }
 
+/// An evaluation request that asks `q` again (types written in full, so
+/// any namespace mapping gives the same question; action properties are
+/// already in the context). Used to record questions and replay them
+/// against another policy set.
+pub fn request_of(q: &Query) -> Value {
+    let ent = |e: &Option<EntityRef>, props: &Map<String, Value>| {
+        let mut m = Map::new();
+        if let Some(e) = e {
+            m.insert("type".into(), json!(e.kind));
+            m.insert("id".into(), json!(e.id));
+        }
+        if !props.is_empty() {
+            m.insert("properties".into(), Value::Object(props.clone()));
+        }
+        Value::Object(m)
+    };
+    let mut out = Map::new();
+    out.insert("subject".into(), ent(&q.principal, &q.principal_attrs));
+    out.insert(
+        "action".into(),
+        json!({"name": q.action.as_ref().map(|a| a.id.clone())}),
+    );
+    out.insert("resource".into(), ent(&q.resource, &q.resource_attrs));
+    if !q.context.is_empty() {
+        out.insert("context".into(), Value::Object(q.context.clone()));
+    }
+    Value::Object(out)
+}
+
 fn response(d: &Decision, explain: bool) -> Value {
     if explain {
         json!({

@@ -150,6 +150,7 @@ pub fn route_rule(method: &str, route: &str) -> Option<RouteRule> {
         "/ca" if read => Server(ReadServer),
         "/ca/rotate" => Server(ManageCa),
         r if r.starts_with("/audit/") && read => Server(ReadServer),
+        "/policies/diff" | "/policies/validate" => Server(ReadServer),
         r if r == "/policies" || r.starts_with("/policies/") => {
             if read {
                 Server(ReadServer)

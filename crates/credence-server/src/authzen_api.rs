@@ -41,6 +41,8 @@ pub const ALLOW_SAMPLE: u64 = 100;
 pub const MAX_AUTHZEN_BODY: usize = 1024 * 1024;
 /// Most items of one `evaluations` request.
 pub const MAX_EVALUATIONS: usize = 1000;
+/// Largest question recorded with a decision (JSON bytes).
+pub const MAX_RECORDED_REQUEST: usize = 4096;
 /// Largest policy set or entities upload.
 pub const MAX_POLICY_BODY: usize = 16 * 1024 * 1024;
 
@@ -59,6 +61,7 @@ pub fn admin_routes() -> Router<AppState> {
     Router::new()
         .route("/policies", post(create_policy_set).get(list_policy_sets))
         .route("/policies/validate", post(validate_policy_set))
+        .route("/policies/diff", post(diff_policy_sets))
         .route("/policies/entities", get(show_entities).put(put_entities))
         .route("/policies/{version}", get(show_policy_set))
         .route("/policies/{version}/activate", post(activate_policy_set))
@@ -232,6 +235,14 @@ fn record_decisions(svc: &Arc<Service>, actor: Actor, items: &[Evaluated]) {
                 "sample_one_in": if ev.decision.allow { Some(one_in) } else { None },
             }),
         );
+        // the question itself, so `policy diff` can replay it (bounded: an
+        // audit leaf stays small)
+        if let Some(q) = &ev.query {
+            let request = authzen::request_of(q);
+            if request.to_string().len() <= MAX_RECORDED_REQUEST {
+                rec.details.insert("request".into(), request);
+            }
+        }
         rec.policies = ev.decision.policies.clone();
         if !ev.decision.allow {
             rec.outcome = credence_store::Outcome::Failure;
@@ -251,6 +262,101 @@ fn record_decisions(svc: &Arc<Service>, actor: Actor, items: &[Evaluated]) {
 /// Subjects and resources of type `Credence::Identity` that are registered
 /// identities, described from the registry (their properties in the
 /// request are ignored: a caller cannot claim attributes for them).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffRequest {
+    from: u64,
+    to: u64,
+    /// How many recently recorded questions to replay (default 1000).
+    #[serde(default)]
+    sample: Option<u32>,
+    /// More questions to replay (AuthZEN evaluation requests).
+    #[serde(default)]
+    requests: Vec<Value>,
+}
+
+/// Most recorded questions `policy diff` replays.
+const MAX_DIFF_SAMPLE: u32 = 10_000;
+/// How far back in the audit log `policy diff` looks for recorded questions.
+const DIFF_LOOKBACK: u64 = 200_000;
+
+/// Replays questions against two versions and lists those whose outcome
+/// differs: the recorded ones (the newest decisions in the audit log) and
+/// any given.
+async fn diff_policy_sets(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<DiffRequest>,
+) -> Result<Json<Value>, ServerError> {
+    let sample = req.sample.unwrap_or(1000).min(MAX_DIFF_SAMPLE) as usize;
+    let (from, to) = (
+        st.svc.pdp_of_version(req.from).await?,
+        st.svc.pdp_of_version(req.to).await?,
+    );
+    // the newest recorded questions, newest first
+    let head = st.svc.store.audit_count().await?;
+    let filter = credence_store::AuditFilter {
+        action: Some("authz.decision".into()),
+        ..Default::default()
+    };
+    let mut after = head.checked_sub(DIFF_LOOKBACK).map(|a| a.saturating_sub(1));
+    let mut recorded: std::collections::VecDeque<Value> = std::collections::VecDeque::new();
+    loop {
+        let page = st.svc.store.search_audit(&filter, after, 1000).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        for (_, rec) in page {
+            if let Some(r) = rec.details.get("request") {
+                recorded.push_back(r.clone());
+                if recorded.len() > sample {
+                    recorded.pop_front();
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let questions: Vec<Value> = req
+        .requests
+        .into_iter()
+        .chain(recorded.into_iter().rev())
+        .filter(|q| seen.insert(q.to_string()))
+        .collect();
+    let mut changed = Vec::new();
+    let mut invalid = 0usize;
+    for q in &questions {
+        let a = replay(&st.svc, &from, q).await;
+        let b = replay(&st.svc, &to, q).await;
+        match (a, b) {
+            (Some(a), Some(b)) if a.allow != b.allow => changed.push(json!({
+                "request": q,
+                "from": {"decision": a.allow, "policies": a.policies, "errors": a.errors},
+                "to": {"decision": b.allow, "policies": b.policies, "errors": b.errors},
+            })),
+            (Some(_), Some(_)) => {}
+            _ => invalid += 1,
+        }
+    }
+    Ok(Json(json!({
+        "from": req.from,
+        "to": req.to,
+        "compared": questions.len() - invalid,
+        "invalid": invalid,
+        "changed": changed,
+    })))
+}
+
+/// One question against one version (`None`: not a valid question).
+async fn replay(
+    svc: &Service,
+    pdp: &crate::policies::Pdp,
+    q: &Value,
+) -> Option<credence_policy::Decision> {
+    let registry = registry_entities(svc, &pdp.mapping, q).await;
+    authzen::evaluation_with(&pdp.engine, &pdp.mapping, q, &registry)
+        .ok()
+        .and_then(|o| o.items.into_iter().next())
+        .map(|e| e.decision)
+}
+
 async fn registry_entities(
     svc: &Service,
     map: &authzen::Mapping,

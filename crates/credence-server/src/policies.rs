@@ -206,6 +206,12 @@ impl Service {
         Ok(())
     }
 
+    /// A stored version compiled with today's entity store (not installed).
+    pub async fn pdp_of_version(&self, version: u64) -> Result<Pdp, ServerError> {
+        let rec = self.get_policy_set(version).await?;
+        self.build_pdp(&rec).await
+    }
+
     /// Validates without storing.
     pub fn validate_policy_set(
         &self,

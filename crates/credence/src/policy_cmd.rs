@@ -31,6 +31,18 @@ pub enum PolicyCmd {
         #[arg(long)]
         activate: bool,
     },
+    /// Questions whose answer changes between two versions: the newest
+    /// recorded decisions (from the audit log) replayed against both
+    Diff {
+        from: u64,
+        to: u64,
+        /// How many recorded questions to replay
+        #[arg(long, default_value_t = 1000)]
+        sample: u32,
+        /// Also replay these AuthZEN evaluation requests (a JSON array or one object)
+        #[arg(long)]
+        requests: Option<PathBuf>,
+    },
     /// List versions, newest first
     List,
     /// Show one version with its schema and policies
@@ -179,6 +191,71 @@ pub async fn run(c: &Client, cmd: PolicyCmd, json_mode: bool) -> Result<(), CliE
             }
         }
         PolicyCmd::Entities(EntitiesCmd::Show) => out(&c.get("/v1/policies/entities").await?),
+        PolicyCmd::Diff {
+            from,
+            to,
+            sample,
+            requests,
+        } => {
+            let extra = match requests {
+                None => Vec::new(),
+                Some(p) => match json_file(&p)? {
+                    Value::Array(a) => a,
+                    one @ Value::Object(_) => vec![one],
+                    _ => {
+                        return Err(CliError(format!(
+                            "{}: expected a JSON array of requests or one request",
+                            p.display()
+                        )));
+                    }
+                },
+            };
+            let v = c
+                .post(
+                    "/v1/policies/diff",
+                    &json!({"from": from, "to": to, "sample": sample, "requests": extra}),
+                )
+                .await?;
+            if json_mode {
+                println!("{v}");
+            } else {
+                let changed = v["changed"].as_array().cloned().unwrap_or_default();
+                println!(
+                    "{} of {} questions change outcome from version {from} to {to}",
+                    changed.len(),
+                    v["compared"]
+                );
+                let word = |b: &Value| if b == true { "allow" } else { "deny" };
+                let ids = |p: &Value| {
+                    let l: Vec<&str> = p
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if l.is_empty() {
+                        "default".to_owned()
+                    } else {
+                        l.join(",")
+                    }
+                };
+                for c in &changed {
+                    let r = &c["request"];
+                    println!(
+                        "  {}:{} {} {}:{}  {} ({}) -> {} ({})",
+                        r["subject"]["type"].as_str().unwrap_or(""),
+                        r["subject"]["id"].as_str().unwrap_or(""),
+                        r["action"]["name"].as_str().unwrap_or(""),
+                        r["resource"]["type"].as_str().unwrap_or(""),
+                        r["resource"]["id"].as_str().unwrap_or(""),
+                        word(&c["from"]["decision"]),
+                        ids(&c["from"]["policies"]),
+                        word(&c["to"]["decision"]),
+                        ids(&c["to"]["policies"]),
+                    );
+                }
+            }
+        }
         PolicyCmd::Test { request } => {
             let mut req = json_file(&request)?;
             if let Some(ctx) = req.get_mut("context").and_then(Value::as_object_mut) {

@@ -314,3 +314,103 @@ fn a_workload_calls_the_pdp_with_its_jwt_svid() {
     dev.ok(&["revoke", "--jti", good["jti"].as_str().unwrap()]);
     assert_eq!(call(good["token"].as_str().unwrap()).status, 401);
 }
+
+#[test]
+fn policy_diff_replays_recorded_questions_against_two_versions() {
+    // every allow recorded too, so the diff has both outcomes to replay
+    let dev = Dev::start_with(tempfile::tempdir().unwrap(), &["--pdp-allow-sample", "1"]);
+    let http = dev.http();
+    let schema = format!("{TODO}/schema.cedarschema");
+    let v1 = format!("{TODO}/policies.cedar");
+    dev.ok(&[
+        "policy",
+        "push",
+        "--schema",
+        &schema,
+        &v1,
+        "--namespace",
+        "Todo",
+        "--activate",
+    ]);
+    dev.ok(&[
+        "policy",
+        "entities",
+        "load",
+        &format!("{TODO}/entities.json"),
+    ]);
+    // version 2 drops the admin's right to delete anyone's todo
+    let v2 = dev.path().join("v2.cedar");
+    let text = read("policies.cedar");
+    let cut = text.find("@id(\"admin-deletes-any\")").unwrap();
+    std::fs::write(&v2, &text[..cut]).unwrap();
+    dev.ok(&[
+        "policy",
+        "push",
+        "--schema",
+        &schema,
+        v2.to_str().unwrap(),
+        "--namespace",
+        "Todo",
+    ]);
+
+    let rick = "CiRmZDA2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
+    let beth = "CiRmZDM2MTRkMy1jMzlhLTQ3ODEtYjdiZC04Yjk2ZjVhNTEwMGQSBWxvY2Fs";
+    let ask = |who: &str, action: &str| {
+        let r = http.post(
+            "/access/v1/evaluation",
+            &json!({"subject": {"type": "user", "id": who}, "action": {"name": action},
+                    "resource": {"type": "todo", "id": "t9", "properties": {"ownerID": "beth@the-smiths.com"}}}),
+        );
+        assert_eq!(r.status, 200);
+        r.json()["decision"] == true
+    };
+    assert!(ask(rick, "can_delete_todo"));
+    assert!(ask(rick, "can_read_todos"));
+    assert!(!ask(beth, "can_delete_todo"));
+    // a question given in a file is replayed as well
+    let extra = dev.path().join("extra.json");
+    std::fs::write(
+        &extra,
+        json!([{"subject": {"type": "Todo::user", "id": rick}, "action": {"name": "can_delete_todo"},
+                "resource": {"type": "Todo::todo", "id": "t1", "properties": {"ownerID": "x@y"}}}])
+        .to_string(),
+    )
+    .unwrap();
+
+    // decisions reach the audit log off the request path
+    let t0 = std::time::Instant::now();
+    let diff = loop {
+        let d = dev.json(&[
+            "policy",
+            "diff",
+            "1",
+            "2",
+            "--requests",
+            extra.to_str().unwrap(),
+        ]);
+        if d["compared"].as_u64().unwrap_or(0) >= 4 {
+            break d;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "{d}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(diff["invalid"], 0, "{diff}");
+    let changed = diff["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 2, "{diff}");
+    for c in changed {
+        assert_eq!(c["request"]["subject"]["id"], rick);
+        assert_eq!(c["request"]["action"]["name"], "can_delete_todo");
+        assert_eq!(c["from"]["decision"], true);
+        assert_eq!(c["from"]["policies"], json!(["admin-deletes-any"]));
+        assert_eq!(c["to"]["decision"], false);
+    }
+    let text = dev.ok(&["policy", "diff", "1", "2"]);
+    assert!(text.contains("1 of 3 questions change outcome"), "{text}");
+    assert!(
+        text.contains("allow (admin-deletes-any) -> deny (default)"),
+        "{text}"
+    );
+    // unknown versions are refused
+    let o = dev.cli(&["policy", "diff", "1", "9"]);
+    assert!(!o.status.success());
+}
