@@ -5,6 +5,7 @@
 
 mod agent;
 mod audit;
+mod authzen_cert;
 mod cli;
 mod http;
 mod interop;
