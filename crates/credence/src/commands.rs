@@ -823,8 +823,11 @@ pub async fn admin(c: &Client, cmd: AdminCmd, json_mode: bool) -> Result<(), Cli
             }
             let v = c.post("/v1/admins", &body).await?;
             out(json_mode, &v, |v| {
-                print_admin(v);
-                eprintln!("token (shown once; keep it secret):");
+                // the token alone on stdout, for `TOKEN=$(credence admin create ...)`
+                eprintln!(
+                    "created administrator {}; its token (shown once, keep it secret):",
+                    v["name"].as_str().unwrap_or("")
+                );
                 println!("{}", v["token"].as_str().unwrap_or(""));
             });
         }

@@ -258,3 +258,84 @@ except Exception as e:
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The README's worked example, command for command, with its files.
+#[test]
+fn readme_worked_example() {
+    let dev = Dev::start();
+    let e = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/agent-docs");
+    let schema = format!("{e}/schema.cedarschema");
+    let policies = format!("{e}/policies.cedar");
+    let out = dev.ok(&["policy", "validate", "--schema", &schema, &policies]);
+    assert!(out.contains("valid: 5 policies"), "{out}");
+    dev.ok(&["policy", "push", "--schema", &schema, &policies, "--namespace", "Docs", "--activate"]);
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/agents/summarizer",
+        "--kind",
+        "agent",
+        "--owner",
+        "payments",
+    ]);
+    let http = dev.http();
+    let ask = |action: &str, team: &str| {
+        http.post(
+            "/access/v1/evaluation",
+            &json!({"subject": {"type": "Credence::Identity", "id": "spiffe://example.org/agents/summarizer"},
+                    "action": {"name": action},
+                    "resource": {"type": "Document", "id": "q3", "properties": {"team": team}},
+                    "context": {"explain": true}}),
+        )
+        .json()
+    };
+    let read = ask("read", "payments");
+    assert_eq!(read["decision"], true, "{read}");
+    assert_eq!(read["context"]["reason"]["policies"], json!(["agents-read-their-team-docs"]));
+    let delete = ask("delete", "payments");
+    assert_eq!(delete["decision"], false, "{delete}");
+    assert_eq!(delete["context"]["reason"]["policies"], json!(["agents-never-delete"]));
+    assert_eq!(ask("read", "search")["decision"], false);
+    // properties cannot disguise a registered identity
+    let r = http.post(
+        "/access/v1/evaluation",
+        &json!({"subject": {"type": "Credence::Identity", "id": "spiffe://example.org/agents/summarizer",
+                            "properties": {"kind": "service"}},
+                "action": {"name": "delete"}, "resource": {"type": "Document", "id": "q3", "properties": {"team": "payments"}}}),
+    );
+    assert_eq!(r.json()["decision"], false);
+
+    let alice = dev.ok(&["admin", "create", "alice", "--team", "payments"]);
+    let alice = alice.trim();
+    assert!(alice.starts_with("cadm_") && !alice.contains(' '), "{alice}");
+    let as_alice = |args: &[&str]| {
+        let mut a = vec!["--token", alice];
+        a.extend_from_slice(args);
+        dev.cli(&a)
+    };
+    let o = as_alice(&[
+        "identity", "create", "--spiffe-id", "spiffe://example.org/pay/api", "--kind", "service", "--owner", "payments",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = as_alice(&[
+        "identity", "create", "--spiffe-id", "spiffe://example.org/search/api", "--kind", "service", "--owner", "search",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("alice may not create_identity spiffe://example.org/search/api (no policy permits it)"),
+        "{err}"
+    );
+    let o = as_alice(&["ca", "rotate"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("alice may not manage_ca server"), "{err}");
+    let o = dev.cli(&[
+        "jwt", "mint", "--spiffe-id", "spiffe://example.org/agents/summarizer", "--audience", "docs", "--ttl", "1h",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("forbidden by agents-short-jwts"), "{err}");
+    dev.ok(&[
+        "jwt", "mint", "--spiffe-id", "spiffe://example.org/agents/summarizer", "--audience", "docs", "--ttl", "10m",
+    ]);
+}
