@@ -3,8 +3,11 @@
 //! naive call, whose cost grows with the set).
 //!
 //! The set: one `permit` per team (`principal in Team::"tN"`, reading
-//! documents the team owns), plus a few unscoped `forbid`s that every
-//! request must evaluate (risk and classification guards). Entities: N
+//! documents the team owns), plus a few `forbid`s that every request must
+//! evaluate (risk and classification guards, scoped only by type: in a
+//! set that also governs Credence's own actions, a policy with no
+//! principal, action or resource type would have to type-check against
+//! those too). Entities: N
 //! teams, N agents (one per team), documents owned by teams.
 
 use std::time::Instant;
@@ -36,8 +39,8 @@ fn policies(n: usize) -> String {
             "@id(\"team-{i}-reads-its-docs\") permit (principal in Bench::Team::\"t{i}\", action == Bench::Action::\"read\", resource) when {{ resource.owner == Bench::Team::\"t{i}\" }};\n"
         ));
     }
-    s.push_str("@id(\"no-risky-agents\") forbid (principal, action, resource) when { principal.risk > 8 };\n");
-    s.push_str("@id(\"no-secret-docs\") forbid (principal, action, resource) when { resource.classification == \"secret\" };\n");
+    s.push_str("@id(\"no-risky-agents\") forbid (principal is Bench::Agent, action, resource) when { principal.risk > 8 };\n");
+    s.push_str("@id(\"no-secret-docs\") forbid (principal, action, resource is Bench::Doc) when { resource.classification == \"secret\" };\n");
     s.push_str("@id(\"office-hours\") forbid (principal, action == Bench::Action::\"write\", resource) when { context.hour < 8 || context.hour > 18 };\n");
     s
 }
@@ -107,7 +110,7 @@ pub async fn run(
     }
     engine.set_entities(&json!(ents)).map_err(err)?;
     println!(
-        "policy bench: {} policies ({n} team-scoped + 3 unscoped forbids), {} entities; compiled and validated in {:.2} s",
+        "policy bench: {} policies ({n} team-scoped + 3 type-scoped forbids), {} entities; compiled and validated in {:.2} s",
         n + 3,
         2 * n,
         compiled.as_secs_f64()
