@@ -249,14 +249,67 @@ fn record_decisions(svc: &Arc<Service>, actor: Actor, items: &[Evaluated]) {
         }
         records.push(rec);
     }
-    if records.is_empty() {
-        return;
+    for rec in records {
+        svc.decision_log.push(rec);
     }
-    tokio::spawn(async move {
-        if let Err(e) = svc.store.append_audit_batch(records).await {
-            tracing::error!(error = %e, "cannot record authorization decisions");
+}
+
+/// Most decision records waiting for the audit log; beyond this they are
+/// counted, and the count is recorded instead.
+const DECISION_QUEUE: usize = 65_536;
+/// Most decision records appended in one transaction.
+const DECISION_BATCH: usize = 1000;
+
+/// Decision records on their way to the audit log: queued by requests,
+/// appended in batches by one task, so a burst of denies costs a few
+/// transactions rather than one each, and never delays an answer.
+pub struct DecisionLog {
+    tx: tokio::sync::mpsc::Sender<credence_store::AuditRecord>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl DecisionLog {
+    pub(crate) fn start(
+        store: Arc<dyn credence_store::Store>,
+        clock: Arc<dyn credence_core::Clock>,
+    ) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(DECISION_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < DECISION_BATCH {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let n = lost.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    let mut rec = audit(
+                        &Actor::internal("pdp"),
+                        clock.now(),
+                        "authz.decision.dropped",
+                        "pdp",
+                        json!({"count": n}),
+                    );
+                    rec.outcome = credence_store::Outcome::Failure;
+                    batch.push(rec);
+                }
+                if let Err(e) = store.append_audit_batch(batch).await {
+                    tracing::error!(error = %e, "cannot record authorization decisions");
+                }
+            }
+        });
+        Self { tx, dropped }
+    }
+
+    fn push(&self, rec: credence_store::AuditRecord) {
+        if self.tx.try_send(rec).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-    });
+    }
 }
 
 /// Subjects and resources of type `Credence::Identity` that are registered

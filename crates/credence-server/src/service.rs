@@ -149,6 +149,9 @@ pub struct Service {
     pub(crate) pdp: RwLock<Option<Arc<crate::policies::Pdp>>>,
     /// One PDP allow in this many is audited (0: none); denies always are.
     decision_audit_allows: std::sync::atomic::AtomicU64,
+    /// Decision records on their way to the audit log, written in batches
+    /// off the request path.
+    pub(crate) decision_log: crate::authzen_api::DecisionLog,
 }
 
 /// Who an X509-SVID or JWT-SVID is for, once it may be issued.
@@ -230,6 +233,7 @@ impl Service {
             clock.as_ref(),
         )
         .await?;
+        let (store_for_log, clock_for_log) = (store.clone(), clock.clone());
         Ok(Self {
             audit_log,
             store,
@@ -247,6 +251,7 @@ impl Service {
             decision_audit_allows: std::sync::atomic::AtomicU64::new(
                 crate::authzen_api::ALLOW_SAMPLE,
             ),
+            decision_log: crate::authzen_api::DecisionLog::start(store_for_log, clock_for_log),
         })
     }
 
