@@ -268,7 +268,16 @@ fn readme_worked_example() {
     let policies = format!("{e}/policies.cedar");
     let out = dev.ok(&["policy", "validate", "--schema", &schema, &policies]);
     assert!(out.contains("valid: 5 policies"), "{out}");
-    dev.ok(&["policy", "push", "--schema", &schema, &policies, "--namespace", "Docs", "--activate"]);
+    dev.ok(&[
+        "policy",
+        "push",
+        "--schema",
+        &schema,
+        &policies,
+        "--namespace",
+        "Docs",
+        "--activate",
+    ]);
     dev.ok(&[
         "identity",
         "create",
@@ -292,10 +301,16 @@ fn readme_worked_example() {
     };
     let read = ask("read", "payments");
     assert_eq!(read["decision"], true, "{read}");
-    assert_eq!(read["context"]["reason"]["policies"], json!(["agents-read-their-team-docs"]));
+    assert_eq!(
+        read["context"]["reason"]["policies"],
+        json!(["agents-read-their-team-docs"])
+    );
     let delete = ask("delete", "payments");
     assert_eq!(delete["decision"], false, "{delete}");
-    assert_eq!(delete["context"]["reason"]["policies"], json!(["agents-never-delete"]));
+    assert_eq!(
+        delete["context"]["reason"]["policies"],
+        json!(["agents-never-delete"])
+    );
     assert_eq!(ask("read", "search")["decision"], false);
     // properties cannot disguise a registered identity
     let r = http.post(
@@ -308,34 +323,67 @@ fn readme_worked_example() {
 
     let alice = dev.ok(&["admin", "create", "alice", "--team", "payments"]);
     let alice = alice.trim();
-    assert!(alice.starts_with("cadm_") && !alice.contains(' '), "{alice}");
+    assert!(
+        alice.starts_with("cadm_") && !alice.contains(' '),
+        "{alice}"
+    );
     let as_alice = |args: &[&str]| {
         let mut a = vec!["--token", alice];
         a.extend_from_slice(args);
         dev.cli(&a)
     };
     let o = as_alice(&[
-        "identity", "create", "--spiffe-id", "spiffe://example.org/pay/api", "--kind", "service", "--owner", "payments",
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/pay/api",
+        "--kind",
+        "service",
+        "--owner",
+        "payments",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = as_alice(&[
-        "identity", "create", "--spiffe-id", "spiffe://example.org/search/api", "--kind", "service", "--owner", "search",
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/search/api",
+        "--kind",
+        "service",
+        "--owner",
+        "search",
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("alice may not create_identity spiffe://example.org/search/api (no policy permits it)"),
+        err.contains(
+            "alice may not create_identity spiffe://example.org/search/api (no policy permits it)"
+        ),
         "{err}"
     );
     let o = as_alice(&["ca", "rotate"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("alice may not manage_ca server"), "{err}");
     let o = dev.cli(&[
-        "jwt", "mint", "--spiffe-id", "spiffe://example.org/agents/summarizer", "--audience", "docs", "--ttl", "1h",
+        "jwt",
+        "mint",
+        "--spiffe-id",
+        "spiffe://example.org/agents/summarizer",
+        "--audience",
+        "docs",
+        "--ttl",
+        "1h",
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("forbidden by agents-short-jwts"), "{err}");
     dev.ok(&[
-        "jwt", "mint", "--spiffe-id", "spiffe://example.org/agents/summarizer", "--audience", "docs", "--ttl", "10m",
+        "jwt",
+        "mint",
+        "--spiffe-id",
+        "spiffe://example.org/agents/summarizer",
+        "--audience",
+        "docs",
+        "--ttl",
+        "10m",
     ]);
 }
