@@ -4,9 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
-    RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
+    ActionConstraint, AuthorizationError, Authorizer, Context, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request,
+    ResourceConstraint, RestrictedExpression, Schema, SchemaFragment, ValidationMode, Validator,
 };
 use serde_json::{Map, Value};
 
@@ -83,57 +83,164 @@ enum Key {
     Type(EntityTypeName),
 }
 
-/// Policies by the keys their scope constraint can match; `any` holds the
-/// unconstrained ones.
-#[derive(Default)]
-struct Dimension {
-    by_key: HashMap<Key, Vec<usize>>,
-    any: Vec<usize>,
+/// What one side of a request (principal, action or resource) is found
+/// under in the index: itself, its type, its ancestors.
+#[derive(Clone, Copy)]
+struct Keys<'a> {
+    uid: &'a EntityUid,
+    ancestors: &'a [EntityUid],
 }
 
-impl Dimension {
-    fn add(&mut self, keys: &Option<Vec<Key>>, i: usize) {
-        match keys {
-            None => self.any.push(i),
-            Some(ks) => {
-                for k in ks {
-                    self.by_key.entry(k.clone()).or_default().push(i);
-                }
-            }
+/// FxHash (as in rustc): the index's maps are keyed by names from the
+/// policies, hashed once per lookup on every decision; SipHash's
+/// flooding resistance buys nothing there (requests only look up).
+#[derive(Clone, Copy, Default)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
         }
     }
-
-    /// How many policies [`Self::each`] would visit for these keys.
-    fn count(&self, keys: &[Key]) -> usize {
-        self.any.len()
-            + keys
-                .iter()
-                .map(|k| self.by_key.get(k).map_or(0, Vec::len))
-                .sum::<usize>()
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
     }
-
-    /// Every policy this dimension allows for an entity with these keys
-    /// (possibly repeated).
-    fn each<'a>(&'a self, keys: &'a [Key]) -> impl Iterator<Item = usize> + 'a {
-        self.any.iter().copied().chain(
-            keys.iter()
-                .filter_map(|k| self.by_key.get(k))
-                .flat_map(|v| v.iter().copied()),
-        )
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // hashbrown takes its control bits from the top: mix them in
+        self.0.rotate_left(26)
     }
 }
 
-/// One policy's scope keys per dimension (`None`: unconstrained).
-struct Scope {
-    principal: Option<Vec<Key>>,
-    action: Option<Vec<Key>>,
-    resource: Option<Vec<Key>>,
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
-fn matches(scope: &Option<Vec<Key>>, keys: &[Key]) -> bool {
-    scope
-        .as_ref()
-        .is_none_or(|ks| ks.iter().any(|k| keys.contains(k)))
+type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
+
+/// One level of the scope index: entries by the key of one scope
+/// constraint, `any` for the unconstrained.
+struct Level<T> {
+    any: Option<T>,
+    by_uid: FxMap<EntityUid, T>,
+    by_type: FxMap<EntityTypeName, T>,
+}
+
+impl<T> Default for Level<T> {
+    fn default() -> Self {
+        Self {
+            any: None,
+            by_uid: FxMap::default(),
+            by_type: FxMap::default(),
+        }
+    }
+}
+
+impl<T: Default> Level<T> {
+    fn entry(&mut self, key: Option<&Key>) -> &mut T {
+        match key {
+            None => self.any.get_or_insert_with(T::default),
+            Some(Key::Uid(u)) => self.by_uid.entry(u.clone()).or_default(),
+            Some(Key::Type(t)) => self.by_type.entry(t.clone()).or_default(),
+        }
+    }
+}
+
+impl<T> Level<T> {
+    /// The entries a request side with these keys can match (each once).
+    fn matching<'a, 'k>(&'a self, keys: Keys<'k>) -> impl Iterator<Item = &'a T> + use<'a, 'k, T> {
+        self.any
+            .iter()
+            .chain(self.by_uid.get(keys.uid))
+            .chain(self.by_type.get(keys.uid.type_name()))
+            .chain(keys.ancestors.iter().filter_map(|a| self.by_uid.get(a)))
+    }
+
+    /// Every entry with its key (`None`: unconstrained).
+    fn iter_mut(&mut self) -> impl Iterator<Item = (Option<Key>, &mut T)> {
+        self.any
+            .iter_mut()
+            .map(|t| (None, t))
+            .chain(
+                self.by_uid
+                    .iter_mut()
+                    .map(|(u, t)| (Some(Key::Uid(u.clone())), t)),
+            )
+            .chain(
+                self.by_type
+                    .iter_mut()
+                    .map(|(k, t)| (Some(Key::Type(k.clone())), t)),
+            )
+    }
+}
+
+/// Cells up to this size get their policy set at compile time.
+const PREBUILT_MAX: usize = 256;
+
+/// Static policies are merged into a dynamic cell's set up to this many.
+const STATIC_MERGE_MAX: usize = 8;
+
+/// The policies (by index, ascending, no repeats) of one combination of
+/// principal, action and resource keys, and their prebuilt policy set.
+///
+/// A cell is *static* when its principal and resource keys are at most
+/// types: which static cells a request reaches depends only on its
+/// principal type, action and resource type. The others are *dynamic*:
+/// they name a principal or resource (or an ancestor).
+#[derive(Default)]
+struct Cell {
+    policies: Vec<usize>,
+    set: Option<PolicySet>,
+    is_static: bool,
+    /// When every request that can reach this dynamic cell has the same
+    /// types and action ([`Static::id`]), this cell's policies with those
+    /// static ones in one set: such a request (a principal's permits
+    /// plus type-wide guards, a common shape) costs one call to Cedar.
+    with_static: Option<(usize, PolicySet)>,
+}
+
+/// The static cells' policies for one principal type, action and resource
+/// type of the schema, in one set (`None` when there are none).
+struct Static {
+    id: usize,
+    policies: Vec<usize>,
+    set: Option<PolicySet>,
+}
+
+/// A request's types and action, the key of [`Static`]s.
+type Triple = (EntityTypeName, EntityUid, EntityTypeName);
+
+/// The scope index: principal key → action key → resource key → cell.
+/// Every policy of a cell reached by a request's keys matches the
+/// request's scope, and every policy that does is in such a cell.
+type Index = Level<Level<Level<Cell>>>;
+
+/// The scope keys of one constraint: `[None]` when unconstrained.
+fn or_any(keys: &Option<Vec<Key>>) -> Vec<Option<&Key>> {
+    match keys {
+        None => vec![None],
+        Some(ks) => ks.iter().map(Some).collect(),
+    }
 }
 
 fn principal_keys(c: PrincipalConstraint) -> Option<Vec<Key>> {
@@ -165,17 +272,56 @@ fn action_keys(c: ActionConstraint) -> Option<Vec<Key>> {
 /// Supplied entities by name, with their parents.
 type Supplied = HashMap<EntityUid, (Entity, Vec<EntityUid>)>;
 
+/// Entity type names by their text, parsed once: Cedar's parser costs
+/// about as much per name as the rest of building a request.
+#[derive(Default)]
+struct TypeNames(FxMap<String, EntityTypeName>);
+
+impl TypeNames {
+    /// Every entity and action type of the schema, each parsed from its
+    /// text exactly as a request's would be.
+    fn of(schema: &Schema) -> Self {
+        let mut map = FxMap::default();
+        let names = schema
+            .entity_types()
+            .cloned()
+            .chain(schema.actions().map(|a| a.type_name().clone()));
+        for t in names {
+            let text = t.to_string();
+            if let Ok(parsed) = EntityTypeName::from_str(&text) {
+                map.insert(text, parsed);
+            }
+        }
+        Self(map)
+    }
+
+    fn get(&self, kind: &str) -> Result<EntityTypeName, String> {
+        match self.0.get(kind) {
+            Some(t) => Ok(t.clone()),
+            None => EntityTypeName::from_str(kind)
+                .map_err(|e| format!("{kind:?} is not a valid entity type: {e}")),
+        }
+    }
+}
+
 /// A validated policy set with its schema, scope index and entity store.
 pub struct Engine {
     /// `None` only for [`Engine::deny_all`].
     schema: Option<Schema>,
     policies: Vec<Policy>,
-    scopes: Vec<Scope>,
-    principal: Dimension,
-    action: Dimension,
-    resource: Dimension,
+    /// Policy id → its index in `policies` (source order).
+    order: FxMap<PolicyId, usize>,
+    index: Index,
+    /// The static policies of each request type of the schema.
+    statics: FxMap<Triple, Static>,
     /// The schema's action entities (action groups included).
     actions: Entities,
+    /// Whether some action is in a group. Only then can an action entity
+    /// make a difference to a decision (actions have no attributes or
+    /// tags; without ancestors, `in` is `==`), so only then does a
+    /// request's entities include them.
+    action_groups: bool,
+    types: TypeNames,
     store: Entities,
     authorizer: Authorizer,
     /// Every policy in one set, for [`Engine::decide_unindexed`].
@@ -340,30 +486,145 @@ impl Engine {
         let actions = schema
             .action_entities()
             .map_err(|e| PolicyError::Schema(full(&e)))?;
+        let types = TypeNames::of(&schema);
+        let action_groups = actions.iter().any(|a| {
+            actions
+                .ancestors(&a.uid())
+                .is_some_and(|mut i| i.next().is_some())
+        });
         let mut engine = Self {
             schema: Some(schema),
             policies: Vec::with_capacity(named.len()),
-            scopes: Vec::with_capacity(named.len()),
-            principal: Dimension::default(),
-            action: Dimension::default(),
-            resource: Dimension::default(),
+            order: FxMap::default(),
+            index: Index::default(),
+            statics: FxMap::default(),
             actions,
+            action_groups,
+            types,
             store: Entities::empty(),
             authorizer: Authorizer::new(),
             all: set,
         };
         for (i, p) in named.into_iter().enumerate() {
-            let scope = Scope {
-                principal: principal_keys(p.principal_constraint()),
-                action: action_keys(p.action_constraint()),
-                resource: resource_keys(p.resource_constraint()),
-            };
-            engine.principal.add(&scope.principal, i);
-            engine.action.add(&scope.action, i);
-            engine.resource.add(&scope.resource, i);
-            engine.scopes.push(scope);
+            let principal = principal_keys(p.principal_constraint());
+            let action = action_keys(p.action_constraint());
+            let resource = resource_keys(p.resource_constraint());
+            for pk in or_any(&principal) {
+                let by_action = engine.index.entry(pk);
+                for ak in or_any(&action) {
+                    let by_resource = by_action.entry(ak);
+                    for rk in or_any(&resource) {
+                        let cell = by_resource.entry(rk);
+                        // a scope naming the same key twice (`action in [A, A]`)
+                        if cell.policies.last() != Some(&i) {
+                            cell.policies.push(i);
+                        }
+                    }
+                }
+            }
+            engine.order.insert(p.id().clone(), i);
             engine.policies.push(p);
         }
+        // the policy set of each cell now, not per decision
+        let policies = &engine.policies;
+        let set_of = |ids: &mut dyn Iterator<Item = &usize>| {
+            PolicySet::from_policies(ids.filter_map(|&i| policies.get(i).cloned())).ok()
+        };
+        for (pk, by_action) in engine.index.iter_mut() {
+            for (_, by_resource) in by_action.iter_mut() {
+                for (rk, cell) in by_resource.iter_mut() {
+                    cell.is_static =
+                        !matches!(pk, Some(Key::Uid(_))) && !matches!(rk, Some(Key::Uid(_)));
+                    if cell.policies.len() <= PREBUILT_MAX {
+                        cell.set = set_of(&mut cell.policies.iter());
+                    }
+                }
+            }
+        }
+        // the static policies of each request type of the schema
+        let mut statics: FxMap<Triple, Static> = FxMap::default();
+        if let Some(schema) = &engine.schema {
+            for env in schema.request_envs() {
+                let (p, a, r) = (env.principal(), env.action(), env.resource());
+                let a_anc: Vec<EntityUid> = engine
+                    .actions
+                    .ancestors(a)
+                    .map(|i| i.cloned().collect())
+                    .unwrap_or_default();
+                let mut ids: Vec<usize> = engine
+                    .index
+                    .any
+                    .iter()
+                    .chain(engine.index.by_type.get(p))
+                    .flat_map(|by_action| {
+                        by_action.matching(Keys {
+                            uid: a,
+                            ancestors: &a_anc,
+                        })
+                    })
+                    .flat_map(|by_resource| {
+                        by_resource.any.iter().chain(by_resource.by_type.get(r))
+                    })
+                    .flat_map(|cell| cell.policies.iter().copied())
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() > PREBUILT_MAX {
+                    continue;
+                }
+                let set = if ids.is_empty() {
+                    None
+                } else {
+                    set_of(&mut ids.iter())
+                };
+                let id = statics.len();
+                statics.insert(
+                    (p.clone(), a.clone(), r.clone()),
+                    Static {
+                        id,
+                        policies: ids,
+                        set,
+                    },
+                );
+            }
+        }
+        // each dynamic cell reached by requests of only one type and
+        // action, with their static policies
+        let actions = &engine.actions;
+        let reaches = |ak: &Option<Key>, a: &EntityUid| match ak {
+            None => true,
+            Some(Key::Uid(u)) => {
+                u == a
+                    || actions
+                        .ancestors(a)
+                        .is_some_and(|mut anc| anc.any(|x| x == u))
+            }
+            Some(Key::Type(_)) => false,
+        };
+        let fits = |k: &Option<Key>, t: &EntityTypeName| match k {
+            Some(Key::Type(kt)) => kt == t,
+            _ => true,
+        };
+        for (pk, by_action) in engine.index.iter_mut() {
+            for (ak, by_resource) in by_action.iter_mut() {
+                for (rk, cell) in by_resource.iter_mut() {
+                    if cell.is_static || cell.set.is_none() {
+                        continue;
+                    }
+                    let mut candidates = statics
+                        .iter()
+                        .filter(|((p, a, r), _)| fits(&pk, p) && reaches(&ak, a) && fits(&rk, r));
+                    if let (Some((_, st)), None) = (candidates.next(), candidates.next())
+                        && !st.policies.is_empty()
+                        && st.policies.len() <= STATIC_MERGE_MAX
+                    {
+                        cell.with_static = set_of(&mut cell.policies.iter().chain(&st.policies))
+                            .map(|set| (st.id, set));
+                    }
+                }
+            }
+        }
+        engine.statics = statics;
         Ok(engine)
     }
 
@@ -373,11 +634,12 @@ impl Engine {
         Self {
             schema: None,
             policies: Vec::new(),
-            scopes: Vec::new(),
-            principal: Dimension::default(),
-            action: Dimension::default(),
-            resource: Dimension::default(),
+            order: FxMap::default(),
+            index: Index::default(),
+            statics: FxMap::default(),
             actions: Entities::empty(),
+            action_groups: false,
+            types: TypeNames::default(),
             store: Entities::empty(),
             authorizer: Authorizer::new(),
             all: PolicySet::new(),
@@ -407,10 +669,21 @@ impl Engine {
         Ok(json.as_array().map_or(0, Vec::len))
     }
 
-    fn uid(r: &EntityRef) -> Result<EntityUid, String> {
-        let t = EntityTypeName::from_str(&r.kind)
-            .map_err(|e| format!("{:?} is not a valid entity type: {e}", r.kind))?;
-        Ok(EntityUid::from_type_name_and_id(t, EntityId::new(&r.id)))
+    fn uid(&self, r: &EntityRef) -> Result<EntityUid, String> {
+        Ok(EntityUid::from_type_name_and_id(
+            self.types.get(&r.kind)?,
+            EntityId::new(&r.id),
+        ))
+    }
+
+    /// Attributes or tags as Cedar values (`null`s left out).
+    fn values(
+        &self,
+        m: &Map<String, Value>,
+    ) -> Result<Vec<(String, RestrictedExpression)>, String> {
+        m.iter()
+            .filter_map(|(k, v)| restricted(v, &self.types).map(|r| r.map(|r| (k.clone(), r))))
+            .collect()
     }
 
     /// The entity for `uid`: the store's, else one made from `attrs`.
@@ -418,91 +691,138 @@ impl Engine {
         if let Some(e) = self.store.get(uid) {
             return Ok(e.clone());
         }
-        let attrs = attrs
-            .iter()
-            .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
-            .collect::<Result<HashMap<_, _>, _>>()
+        let attrs = self
+            .values(attrs)
             .map_err(|e| format!("attributes of {uid}: {e}"))?;
-        Entity::new(uid.clone(), attrs, HashSet::new())
+        Entity::new_with_tags(uid.clone(), attrs, [], [])
             .map_err(|e| format!("attributes of {uid}: {}", full(&e)))
     }
 
     /// An entity supplied with the request.
-    fn supplied(e: &EntityData) -> Result<(EntityUid, Entity, Vec<EntityUid>), String> {
-        let uid = Self::uid(&e.uid)?;
-        let values = |m: &Map<String, Value>, what: &str| {
-            m.iter()
-                .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| format!("{what} of {uid}: {err}"))
-        };
+    fn supplied(&self, e: &EntityData) -> Result<(EntityUid, Entity, Vec<EntityUid>), String> {
+        let uid = self.uid(&e.uid)?;
         let parents = e
             .parents
             .iter()
-            .map(Self::uid)
+            .map(|p| self.uid(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let entity = Entity::new_with_tags(
-            uid.clone(),
-            values(&e.attrs, "attributes")?,
-            parents.iter().cloned(),
-            values(&e.tags, "tags")?,
-        )
-        .map_err(|err| format!("entity {uid}: {}", full(&err)))?;
+        let attrs = self
+            .values(&e.attrs)
+            .map_err(|err| format!("attributes of {uid}: {err}"))?;
+        let tags = self
+            .values(&e.tags)
+            .map_err(|err| format!("tags of {uid}: {err}"))?;
+        let entity = Entity::new_with_tags(uid.clone(), attrs, parents.iter().cloned(), tags)
+            .map_err(|err| format!("entity {uid}: {}", full(&err)))?;
         Ok((uid, entity, parents))
     }
 
-    /// Every ancestor of `uid`: a supplied entity's parents and theirs in
-    /// the store, else the store's.
+    /// Whether the store's entity `e` can be left out of a request's
+    /// entities without changing any decision: it has no attributes, no
+    /// tags and no parents, so every question about it gets the answer it
+    /// would get if it did not exist (`has` and `hasTag`: false; `in`: only
+    /// itself). Only reading an attribute or tag could tell, and both fail
+    /// either way (strict validation refuses them, but a request of
+    /// undeclared types could still reach one; the error then says the
+    /// entity does not exist instead of lacking the attribute). Groups
+    /// (teams, roles) are often such entities, and each costs a clone and
+    /// a node in the request's transitive closure.
+    fn inert(&self, uid: &EntityUid, e: &Entity) -> bool {
+        e.attrs().next().is_none()
+            && e.tags().next().is_none()
+            && self
+                .store
+                .ancestors(uid)
+                .is_none_or(|mut a| a.next().is_none())
+    }
+
+    /// Every ancestor of `uid`, as Cedar will see them in the request's
+    /// entities: a supplied entity's parents, the store's ancestors of a
+    /// stored one, and so on through both (a supplied entity stands in
+    /// for the store's of the same name, parents included).
     fn ancestors(&self, uid: &EntityUid, supplied: &Supplied) -> Vec<EntityUid> {
-        let mut out = Vec::new();
-        match supplied.get(uid) {
-            Some((_, parents)) => {
-                for p in parents {
-                    out.push(p.clone());
-                    if let Some(anc) = self.store.ancestors(p) {
-                        out.extend(anc.cloned());
-                    }
-                }
+        let up = |u: &EntityUid| -> Vec<&EntityUid> {
+            match supplied.get(u) {
+                Some((_, parents)) => parents.iter().collect(),
+                None => self
+                    .store
+                    .ancestors(u)
+                    .map(Iterator::collect)
+                    .unwrap_or_default(),
             }
-            None => {
-                if let Some(anc) = self.store.ancestors(uid) {
-                    out.extend(anc.cloned());
-                }
+        };
+        if supplied.is_empty() {
+            return self
+                .store
+                .ancestors(uid)
+                .map(|a| a.cloned().collect())
+                .unwrap_or_default();
+        }
+        let mut out: Vec<EntityUid> = Vec::new();
+        let mut todo = up(uid);
+        while let Some(a) = todo.pop() {
+            if a == uid || out.contains(a) {
+                continue;
             }
+            out.push(a.clone());
+            todo.extend(up(a));
         }
         out
     }
 
-    /// Keys an entity is found under in the index: itself, its type, its
-    /// ancestors.
-    fn keys_of(uid: &EntityUid, ancestors: &[EntityUid]) -> Vec<Key> {
-        let mut keys = vec![Key::Uid(uid.clone()), Key::Type(uid.type_name().clone())];
-        keys.extend(ancestors.iter().cloned().map(Key::Uid));
-        keys
-    }
-
-    /// The policies whose scope can match: walk the most selective
-    /// dimension's list and check the other two per policy.
-    fn candidates(&self, pk: &[Key], ak: &[Key], rk: &[Key]) -> Vec<usize> {
-        let dims = [
-            (self.principal.count(pk), &self.principal, pk),
-            (self.action.count(ak), &self.action, ak),
-            (self.resource.count(rk), &self.resource, rk),
-        ];
-        let Some((_, dim, keys)) = dims.iter().min_by_key(|d| d.0) else {
-            return Vec::new();
-        };
-        let mut out: Vec<usize> = dim
-            .each(keys)
-            .filter(|&i| {
-                self.scopes.get(i).is_some_and(|s| {
-                    matches(&s.principal, pk) && matches(&s.action, ak) && matches(&s.resource, rk)
-                })
-            })
+    /// The policy sets to evaluate for a request with these keys: those of
+    /// the index cells its keys reach, prebuilt. The static cells' come
+    /// as one set when the request's types and action are the schema's;
+    /// when many small cells are reached, their policies come in one new
+    /// set instead (a call to Cedar costs about as much as adding a
+    /// policy to a set).
+    fn slice(&self, pk: Keys<'_>, ak: Keys<'_>, rk: Keys<'_>) -> Result<Slice<'_>, String> {
+        let mut cells: Vec<&Cell> = self
+            .index
+            .matching(pk)
+            .flat_map(|by_action| by_action.matching(ak))
+            .flat_map(|by_resource| by_resource.matching(rk))
+            .filter(|c| !c.policies.is_empty())
             .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        let mut out = Slice::default();
+        let triple = (
+            pk.uid.type_name().clone(),
+            ak.uid.clone(),
+            rk.uid.type_name().clone(),
+        );
+        if let Some(st) = self.statics.get(&triple) {
+            cells.retain(|c| !c.is_static);
+            if let [cell] = cells[..]
+                && let Some((id, set)) = &cell.with_static
+                && *id == st.id
+            {
+                out.prebuilt.push(set);
+                return Ok(out);
+            }
+            out.prebuilt.extend(&st.set);
+        }
+        let mut loose: Vec<usize> = Vec::new();
+        for cell in &cells {
+            match &cell.set {
+                Some(set) if cells.len() <= 4 || cell.policies.len() > 2 => out.prebuilt.push(set),
+                _ => loose.extend(&cell.policies),
+            }
+        }
+        if !loose.is_empty() {
+            // a policy with several keys in one constraint can be in
+            // several cells
+            loose.sort_unstable();
+            loose.dedup();
+            out.built = Some(
+                PolicySet::from_policies(
+                    loose
+                        .into_iter()
+                        .filter_map(|i| self.policies.get(i).cloned()),
+                )
+                .map_err(|e| format!("policy slice: {}", full(&e)))?,
+            );
+        }
+        Ok(out)
     }
 
     /// Decides; never fails (see the crate docs).
@@ -526,85 +846,144 @@ impl Engine {
         let need = |r: &Option<EntityRef>, what: &str| {
             r.as_ref()
                 .ok_or_else(|| format!("the request names no {what}"))
-                .and_then(Self::uid)
+                .and_then(|r| self.uid(r))
         };
         let p = need(&q.principal, "principal")?;
         let a = need(&q.action, "action")?;
         let r = need(&q.resource, "resource")?;
 
         // this request's entities: those supplied, principal, resource,
-        // their ancestors
+        // their ancestors, on top of the schema's actions
         let mut supplied: Supplied = HashMap::new();
         for e in &q.entities {
-            let (uid, entity, parents) = Self::supplied(e)?;
+            let (uid, entity, parents) = self.supplied(e)?;
             supplied.insert(uid, (entity, parents));
         }
         let p_anc = self.ancestors(&p, &supplied);
         let r_anc = self.ancestors(&r, &supplied);
-        let mut slice: HashMap<EntityUid, Entity> = supplied
-            .iter()
-            .map(|(u, (e, _))| (u.clone(), e.clone()))
-            .collect();
+        let mut slice: Vec<Entity> = Vec::with_capacity(2 + p_anc.len() + r_anc.len());
+        let mut taken: Vec<&EntityUid> = Vec::with_capacity(slice.capacity());
         for (uid, attrs) in [(&p, &q.principal_attrs), (&r, &q.resource_attrs)] {
-            if !slice.contains_key(uid) {
-                slice.insert(uid.clone(), self.entity(uid, attrs)?);
+            if !supplied.contains_key(uid) && !taken.contains(&uid) {
+                slice.push(self.entity(uid, attrs)?);
+                taken.push(uid);
             }
         }
         for u in p_anc.iter().chain(&r_anc) {
-            if !slice.contains_key(u)
+            if !supplied.contains_key(u)
+                && !taken.contains(&u)
                 && let Some(e) = self.store.get(u)
+                && !self.inert(u, e)
             {
-                slice.insert(u.clone(), e.clone());
+                slice.push(e.clone());
+                taken.push(u);
             }
         }
-        let entities = Entities::from_entities(
-            slice.into_values().chain(self.actions.iter().cloned()),
-            None,
-        )
-        .map_err(|e| format!("request entities: {}", full(&e)))?;
+        drop(taken);
+        // the actions already have their transitive closure: only the
+        // request's entities need theirs computed. A supplied action must
+        // meet the schema's (Cedar refuses a different one).
+        let base = if self.action_groups
+            || supplied
+                .keys()
+                .any(|u| u.type_name().basename() == "Action")
+        {
+            self.actions.clone()
+        } else {
+            Entities::empty()
+        };
+        let entities = base
+            .add_entities(supplied.into_values().map(|(e, _)| e).chain(slice), None)
+            .map_err(|e| format!("request entities: {}", full(&e)))?;
 
-        let pairs = q
-            .context
-            .iter()
-            .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
-            .collect::<Result<Vec<_>, _>>()
+        let pairs = self
+            .values(&q.context)
             .map_err(|e| format!("context: {e}"))?;
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {}", full(&e)))?;
-        let request = Request::new(p.clone(), a.clone(), r.clone(), context, None)
-            .map_err(|e| format!("request: {}", full(&e)))?;
 
-        let slice;
-        let set = if indexed {
+        let sets = if indexed {
             let a_anc: Vec<EntityUid> = self
                 .actions
                 .ancestors(&a)
                 .map(|i| i.cloned().collect())
                 .unwrap_or_default();
-            slice = PolicySet::from_policies(
-                self.candidates(
-                    &Self::keys_of(&p, &p_anc),
-                    &Self::keys_of(&a, &a_anc),
-                    &Self::keys_of(&r, &r_anc),
-                )
-                .into_iter()
-                .filter_map(|i| self.policies.get(i).cloned()),
-            )
-            .map_err(|e| format!("policy slice: {}", full(&e)))?;
-            &slice
+            let keys = |uid, ancestors| Keys { uid, ancestors };
+            self.slice(keys(&p, &p_anc), keys(&a, &a_anc), keys(&r, &r_anc))?
         } else {
-            &self.all
+            Slice {
+                prebuilt: vec![&self.all],
+                built: None,
+            }
         };
-        let resp = self.authorizer.is_authorized(&request, set, &entities);
-        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-        Ok(Decision {
-            allow: resp.decision() == cedar_policy::Decision::Allow && errors.is_empty(),
-            policies: resp
-                .diagnostics()
-                .reason()
-                .map(|id| id.to_string())
+        let request =
+            Request::new(p, a, r, context, None).map_err(|e| format!("request: {}", full(&e)))?;
+        let mut outcome = Outcome::default();
+        for set in sets.prebuilt.iter().copied().chain(sets.built.as_ref()) {
+            let resp = self.authorizer.is_authorized(&request, set, &entities);
+            outcome.add(&resp);
+        }
+        Ok(outcome.decision(&self.order))
+    }
+}
+
+/// The policy sets one decision evaluates.
+#[derive(Default)]
+struct Slice<'a> {
+    prebuilt: Vec<&'a PolicySet>,
+    built: Option<PolicySet>,
+}
+
+/// Cedar's answers for the parts of a slice, combined as Cedar combines
+/// policies: any satisfied `forbid` denies, else any satisfied `permit`
+/// allows. Policies and errors are listed in source order, each once.
+#[derive(Default)]
+struct Outcome {
+    forbids: Vec<PolicyId>,
+    permits: Vec<PolicyId>,
+    errors: Vec<(PolicyId, String)>,
+}
+
+impl Outcome {
+    fn add(&mut self, resp: &cedar_policy::Response) {
+        // a deny names the satisfied forbids, an allow the satisfied permits
+        let into = match resp.decision() {
+            cedar_policy::Decision::Deny => &mut self.forbids,
+            cedar_policy::Decision::Allow => &mut self.permits,
+        };
+        into.extend(resp.diagnostics().reason().cloned());
+        self.errors
+            .extend(resp.diagnostics().errors().map(|e| match e {
+                AuthorizationError::PolicyEvaluationError(pe) => {
+                    (pe.policy_id().clone(), e.to_string())
+                }
+            }));
+    }
+
+    fn decision(self, order: &FxMap<PolicyId, usize>) -> Decision {
+        let at = |id: &PolicyId| order.get(id).copied().unwrap_or(usize::MAX);
+        let mut errors = self.errors;
+        if errors.len() > 1 {
+            errors.sort_by_cached_key(|(id, e)| (at(id), e.clone()));
+            errors.dedup();
+        }
+        let allow = self.forbids.is_empty() && !self.permits.is_empty() && errors.is_empty();
+        let mut policies = if self.forbids.is_empty() {
+            self.permits
+        } else {
+            self.forbids
+        };
+        if policies.len() > 1 {
+            policies.sort_by_cached_key(|id| at(id));
+            policies.dedup();
+        }
+        Decision {
+            allow,
+            policies: policies
+                .iter()
+                .map(|id| AsRef::<str>::as_ref(id).to_owned())
                 .collect(),
-            errors,
-        })
+            errors: errors.into_iter().map(|(_, e)| e).collect(),
+        }
     }
 }
 
@@ -613,7 +992,7 @@ impl Engine {
 /// (`None`); `{"__entity": {"type", "id"}}` is an entity reference and
 /// `{"__extn": {"fn": "ip"|"decimal", "arg"}}` an extension value, as in
 /// Cedar's JSON formats.
-fn restricted(v: &Value) -> Option<Result<RestrictedExpression, String>> {
+fn restricted(v: &Value, types: &TypeNames) -> Option<Result<RestrictedExpression, String>> {
     Some(Ok(match v {
         Value::Null => return None,
         Value::Bool(b) => RestrictedExpression::new_bool(*b),
@@ -622,7 +1001,7 @@ fn restricted(v: &Value) -> Option<Result<RestrictedExpression, String>> {
         Value::Array(a) => {
             let items = a
                 .iter()
-                .filter_map(restricted)
+                .filter_map(|v| restricted(v, types))
                 .collect::<Result<Vec<_>, _>>();
             match items {
                 Ok(items) => RestrictedExpression::new_set(items),
@@ -636,16 +1015,12 @@ fn restricted(v: &Value) -> Option<Result<RestrictedExpression, String>> {
                 else {
                     return Some(Err("__entity needs string type and id".into()));
                 };
-                return Some(
-                    EntityTypeName::from_str(t)
-                        .map(|t| {
-                            RestrictedExpression::new_entity_uid(EntityUid::from_type_name_and_id(
-                                t,
-                                EntityId::new(id),
-                            ))
-                        })
-                        .map_err(|e| format!("{t:?} is not a valid entity type: {e}")),
-                );
+                return Some(types.get(t).map(|t| {
+                    RestrictedExpression::new_entity_uid(EntityUid::from_type_name_and_id(
+                        t,
+                        EntityId::new(id),
+                    ))
+                }));
             }
             if let (Some(Value::Object(x)), 1) = (o.get("__extn"), o.len()) {
                 return Some(match (x.get("fn"), x.get("arg")) {
@@ -660,7 +1035,7 @@ fn restricted(v: &Value) -> Option<Result<RestrictedExpression, String>> {
             }
             let fields = o
                 .iter()
-                .filter_map(|(k, v)| restricted(v).map(|r| r.map(|r| (k.clone(), r))))
+                .filter_map(|(k, v)| restricted(v, types).map(|r| r.map(|r| (k.clone(), r))))
                 .collect::<Result<Vec<_>, _>>();
             match fields {
                 Ok(f) => match RestrictedExpression::new_record(f) {

@@ -355,3 +355,319 @@ fn deny_all_denies_and_still_checks_requests() {
         json!({"evaluations": [{"decision": false}]})
     );
 }
+
+/// A set that exercises every kind of scope (==, in, is, is in; action
+/// lists and groups; none at all), conditions that err, action entities in
+/// conditions, entities with and without attributes, a cell too big to
+/// prebuild and a principal reaching many cells.
+const SCOPES_SCHEMA: &str = r#"
+namespace T {
+  entity Org;
+  entity Group in [Group, Org] { level?: Long };
+  entity User in [Group] { risk: Long, dept?: String } tags String;
+  entity Folder in [Folder];
+  entity Doc in [Folder] { owner: User, secret: Bool };
+  action view appliesTo { principal: User, resource: [Doc, Folder], context: { hour?: Long } };
+  action read, list in [view] appliesTo { principal: User, resource: [Doc, Folder], context: { hour?: Long } };
+  action write appliesTo { principal: User, resource: [Doc, Folder], context: { hour?: Long } };
+  action delete in [write] appliesTo { principal: User, resource: [Doc, Folder], context: { hour?: Long } };
+}
+"#;
+
+fn scopes_engine() -> Engine {
+    let mut src = String::from(
+        r#"
+@id("org-view") permit (principal in T::Org::"o1", action in T::Action::"view", resource);
+@id("g-write") permit (principal in T::Group::"g2", action in [T::Action::"write", T::Action::"delete"], resource is T::Doc);
+@id("owner") permit (principal, action, resource is T::Doc) when { resource.owner == principal };
+@id("user-eq") permit (principal == T::User::"u3", action == T::Action::"list", resource in T::Folder::"f1");
+@id("is-in") permit (principal is T::User in T::Group::"g3", action, resource is T::Doc in T::Folder::"f2");
+@id("risky") forbid (principal, action, resource) when { principal.risk > 7 };
+@id("secret") forbid (principal, action in T::Action::"write", resource is T::Doc) when { resource.secret };
+@id("dept") forbid (principal is T::User, action == T::Action::"delete", resource) when { principal has dept && principal.dept == "x" };
+@id("tagged") forbid (principal, action, resource) when { principal.hasTag("quarantine") };
+@id("literal") permit (principal, action, resource == T::Folder::"f9") when { T::Action::"read" in T::Action::"view" };
+@id("group-cond") permit (principal in T::Group::"g4", action, resource) when { action in T::Action::"view" };
+@id("level") forbid (principal in T::Group::"g5", action == T::Action::"delete", resource) when { T::Group::"g5" has level && T::Group::"g5".level > 3 };
+"#,
+    );
+    for k in 10..16 {
+        src.push_str(&format!(
+            "@id(\"g{k}-read\") permit (principal in T::Group::\"g{k}\", action == T::Action::\"read\", resource) when {{ context has hour && context.hour > {k} }};\n"
+        ));
+    }
+    // one cell too big to prebuild
+    for k in 0..300 {
+        src.push_str(&format!(
+            "@id(\"list-{k}\") permit (principal, action == T::Action::\"list\", resource) when {{ principal.risk == {k} }};\n"
+        ));
+    }
+    let mut e = Engine::compile(SCOPES_SCHEMA, &src).unwrap();
+    let user = |id: &str, risk: i64, groups: &[&str], extra: serde_json::Value| {
+        let mut attrs = json!({"risk": risk});
+        if let Some(dept) = extra.get("dept") {
+            attrs["dept"] = dept.clone();
+        }
+        json!({"uid": {"type": "T::User", "id": id}, "attrs": attrs,
+               "parents": groups.iter().map(|g| json!({"type": "T::Group", "id": g})).collect::<Vec<_>>(),
+               "tags": extra.get("tags").cloned().unwrap_or(json!({}))})
+    };
+    let mut ents = vec![
+        json!({"uid": {"type": "T::Org", "id": "o1"}, "attrs": {}, "parents": []}),
+        json!({"uid": {"type": "T::Group", "id": "g1"}, "attrs": {"level": 1}, "parents": [{"type": "T::Org", "id": "o1"}]}),
+        json!({"uid": {"type": "T::Group", "id": "g2"}, "attrs": {}, "parents": []}),
+        json!({"uid": {"type": "T::Group", "id": "g3"}, "attrs": {}, "parents": [{"type": "T::Group", "id": "g1"}]}),
+        json!({"uid": {"type": "T::Group", "id": "g4"}, "attrs": {}, "parents": []}),
+        json!({"uid": {"type": "T::Group", "id": "g5"}, "attrs": {"level": 5}, "parents": []}),
+        user("u1", 1, &["g1"], json!({})),
+        user("u2", 9, &["g2"], json!({})),
+        user("u3", 2, &["g3"], json!({"dept": "x"})),
+        user("u4", 0, &["g4", "g5"], json!({})),
+        user("u5", 0, &["g2"], json!({"tags": {"quarantine": "yes"}})),
+        user(
+            "u9",
+            3,
+            &["g10", "g11", "g12", "g13", "g14", "g15"],
+            json!({}),
+        ),
+        json!({"uid": {"type": "T::Folder", "id": "f1"}, "attrs": {}, "parents": []}),
+        json!({"uid": {"type": "T::Folder", "id": "f2"}, "attrs": {}, "parents": [{"type": "T::Folder", "id": "f1"}]}),
+        json!({"uid": {"type": "T::Folder", "id": "f9"}, "attrs": {}, "parents": []}),
+        json!({"uid": {"type": "T::Doc", "id": "d1"}, "attrs": {"owner": {"__entity": {"type": "T::User", "id": "u1"}}, "secret": false},
+               "parents": [{"type": "T::Folder", "id": "f1"}]}),
+        json!({"uid": {"type": "T::Doc", "id": "d2"}, "attrs": {"owner": {"__entity": {"type": "T::User", "id": "u3"}}, "secret": true},
+               "parents": [{"type": "T::Folder", "id": "f2"}]}),
+        json!({"uid": {"type": "T::Doc", "id": "d3"}, "attrs": {"owner": {"__entity": {"type": "T::User", "id": "u2"}}, "secret": false},
+               "parents": [{"type": "T::Folder", "id": "f2"}]}),
+    ];
+    for k in 10..16 {
+        ents.push(
+            json!({"uid": {"type": "T::Group", "id": format!("g{k}")}, "attrs": {}, "parents": []}),
+        );
+    }
+    e.set_entities(&json!(ents)).unwrap();
+    e
+}
+
+/// Every principal × action × resource × context of the scopes set.
+fn scopes_queries() -> Vec<Query> {
+    let obj = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let group = |id: &str, parents: &[(&str, &str)]| credence_policy::EntityData {
+        uid: EntityRef::new("T::Group", id),
+        attrs: Default::default(),
+        parents: parents
+            .iter()
+            .map(|(t, p)| EntityRef::new(*t, *p))
+            .collect(),
+        tags: Default::default(),
+    };
+    let supplied_user =
+        |id: &str, parents: &[&str], tags: serde_json::Value| credence_policy::EntityData {
+            uid: EntityRef::new("T::User", id),
+            attrs: obj(json!({"risk": 4})),
+            parents: parents
+                .iter()
+                .map(|p| EntityRef::new("T::Group", *p))
+                .collect(),
+            tags: obj(tags),
+        };
+    // (principal id, its attributes, entities supplied with the question)
+    let principals: Vec<(&str, serde_json::Value, Vec<credence_policy::EntityData>)> = vec![
+        ("u1", json!({}), vec![]),
+        ("u2", json!({}), vec![]),
+        ("u3", json!({}), vec![]),
+        ("u4", json!({}), vec![]),
+        ("u5", json!({}), vec![]),
+        ("u9", json!({}), vec![]),
+        // unknown to the store: described by attributes, or not at all
+        ("ghost", json!({"risk": 3}), vec![]),
+        ("nobody", json!({}), vec![]),
+        // supplied, overriding the store's u2, with a supplied group that
+        // is itself in the store's org
+        (
+            "u2",
+            json!({}),
+            vec![
+                supplied_user("u2", &["sg"], json!({})),
+                group("sg", &[("T::Org", "o1")]),
+            ],
+        ),
+        // supplied, in a chain of supplied groups
+        (
+            "s1",
+            json!({}),
+            vec![
+                supplied_user("s1", &["sg1"], json!({})),
+                group("sg1", &[("T::Group", "sg2")]),
+                group("sg2", &[("T::Group", "g3"), ("T::Group", "g4")]),
+            ],
+        ),
+        (
+            "s2",
+            json!({}),
+            vec![supplied_user(
+                "s2",
+                &["g10", "g5"],
+                json!({"quarantine": "x"}),
+            )],
+        ),
+    ];
+    let resources: Vec<(&str, &str, serde_json::Value)> = vec![
+        ("T::Doc", "d1", json!({})),
+        ("T::Doc", "d2", json!({})),
+        ("T::Doc", "d3", json!({})),
+        ("T::Folder", "f1", json!({})),
+        ("T::Folder", "f2", json!({})),
+        ("T::Folder", "f9", json!({})),
+        (
+            "T::Doc",
+            "new",
+            json!({"owner": {"__entity": {"type": "T::User", "id": "u4"}}, "secret": false}),
+        ),
+        ("T::Doc", "bare", json!({})),
+    ];
+    let mut out = Vec::new();
+    for (p, p_attrs, supplied) in &principals {
+        for a in ["view", "read", "list", "write", "delete", "fly"] {
+            for (rt, r, r_attrs) in &resources {
+                for context in [json!({}), json!({"hour": 12})] {
+                    out.push(Query {
+                        principal: Some(EntityRef::new("T::User", *p)),
+                        principal_attrs: obj(p_attrs.clone()),
+                        action: Some(EntityRef::new("T::Action", a)),
+                        resource: Some(EntityRef::new(*rt, *r)),
+                        resource_attrs: obj(r_attrs.clone()),
+                        context: obj(context),
+                        entities: supplied.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_index_agrees_with_evaluating_every_policy_for_every_kind_of_scope() {
+    let e = scopes_engine();
+    let queries = scopes_queries();
+    let mut allowed = 0;
+    for q in &queries {
+        let fast = e.decide(q);
+        let slow = e.decide_unindexed(q);
+        // the same answer, the same deciding policies, the same errors
+        assert_eq!(fast, slow, "{q:?}");
+        // and again: nothing cached changes it
+        assert_eq!(e.decide(q), fast, "{q:?}");
+        allowed += usize::from(fast.allow);
+    }
+    // a mix of answers, not all one way
+    assert!(
+        allowed > queries.len() / 10,
+        "{allowed} of {}",
+        queries.len()
+    );
+    assert!(
+        allowed < queries.len() / 2,
+        "{allowed} of {}",
+        queries.len()
+    );
+
+    let ask = |p: &str, a: &str, r: (&str, &str), hour: Option<i64>| {
+        let mut q = Query {
+            principal: Some(EntityRef::new("T::User", p)),
+            action: Some(EntityRef::new("T::Action", a)),
+            resource: Some(EntityRef::new(r.0, r.1)),
+            ..Default::default()
+        };
+        if let Some(h) = hour {
+            q.context.insert("hour".into(), json!(h));
+        }
+        e.decide(&q)
+    };
+    let doc = |d| ("T::Doc", d);
+    // through a group of an org, and as the owner
+    assert_eq!(
+        ask("u1", "read", doc("d1"), None).policies,
+        ["org-view", "owner"]
+    );
+    // action groups in the scope and in conditions
+    assert_eq!(
+        ask("u1", "list", ("T::Folder", "f1"), None).policies,
+        ["org-view", "list-1"]
+    );
+    assert_eq!(ask("u4", "read", doc("d3"), None).policies, ["group-cond"]);
+    assert!(!ask("u4", "write", doc("d3"), None).allow);
+    assert_eq!(
+        ask("u1", "write", ("T::Folder", "f9"), None).policies,
+        ["literal"]
+    );
+    // forbids win and are named; an ancestor's attribute decides one
+    let d = ask("u2", "delete", doc("d3"), None);
+    assert_eq!(
+        (d.allow, d.policies.as_slice()),
+        (false, &["risky".to_owned()][..])
+    );
+    assert_eq!(ask("u4", "delete", doc("d1"), None).policies, ["level"]);
+    assert_eq!(ask("u5", "write", doc("d1"), None).policies, ["tagged"]);
+    assert_eq!(
+        ask("u3", "delete", doc("d2"), None).policies,
+        ["secret", "dept"]
+    );
+    // many cells: hour 12 passes the conditions of g10 and g11 only
+    assert_eq!(
+        ask("u9", "read", doc("d1"), Some(12)).policies,
+        ["g10-read", "g11-read"]
+    );
+    assert!(!ask("u9", "read", doc("d1"), None).allow);
+    // the cell too big to prebuild
+    assert_eq!(ask("u9", "list", doc("d1"), None).policies, ["list-3"]);
+    // an unknown principal without attributes: every policy reading them errs
+    let d = ask("nobody", "list", doc("d1"), None);
+    assert!(!d.allow && d.errors.len() > 1, "{d:?}");
+}
+
+#[test]
+fn supplied_entities_reach_their_ancestors_through_each_other() {
+    let e = scopes_engine();
+    let group = |id: &str, parent: (&str, &str)| credence_policy::EntityData {
+        uid: EntityRef::new("T::Group", id),
+        parents: vec![EntityRef::new(parent.0, parent.1)],
+        ..Default::default()
+    };
+    let q = Query {
+        principal: Some(EntityRef::new("T::User", "s")),
+        action: Some(EntityRef::new("T::Action", "read")),
+        resource: Some(EntityRef::new("T::Folder", "f2")),
+        entities: vec![
+            credence_policy::EntityData {
+                uid: EntityRef::new("T::User", "s"),
+                attrs: json!({"risk": 0}).as_object().unwrap().clone(),
+                parents: vec![EntityRef::new("T::Group", "a")],
+                tags: Default::default(),
+            },
+            group("a", ("T::Group", "b")),
+            group("b", ("T::Org", "o1")),
+        ],
+        ..Default::default()
+    };
+    // s in a in b in o1: the org's permit applies
+    let d = e.decide(&q);
+    assert_eq!(d, e.decide_unindexed(&q));
+    assert!(d.allow, "{d:?}");
+    assert_eq!(d.policies, ["org-view"]);
+
+    // a stored principal whose stored group is supplied with another
+    // parent: u1 in g1, now also in g4
+    let q = Query {
+        principal: Some(EntityRef::new("T::User", "u1")),
+        action: Some(EntityRef::new("T::Action", "read")),
+        resource: Some(EntityRef::new("T::Folder", "f2")),
+        entities: vec![group("g1", ("T::Group", "g4"))],
+        ..Default::default()
+    };
+    let d = e.decide(&q);
+    assert_eq!(d, e.decide_unindexed(&q));
+    // g1's stored parent o1 stays (Cedar keeps u1's stored ancestors)
+    assert_eq!(d.policies, ["org-view", "group-cond"]);
+}
