@@ -44,6 +44,14 @@ pub struct CreatedAdmin {
     pub token: String,
 }
 
+/// What a presented administrator token turned out to be.
+#[derive(Debug)]
+pub enum TokenLookup {
+    Admin(AdminPrincipal),
+    Unknown,
+    Expired,
+}
+
 impl Service {
     pub async fn create_admin(
         &self,
@@ -140,20 +148,20 @@ impl Service {
         Ok(())
     }
 
-    /// The administrator holding `token`: `Ok(None)` if no one does,
-    /// `Err` if its token has expired.
-    pub async fn admin_by_token(&self, token: &str) -> Result<Option<AdminPrincipal>, ServerError> {
+    /// The administrator holding `token`, if any and unexpired; `Err`
+    /// only when the store cannot answer.
+    pub async fn admin_by_token(&self, token: &str) -> Result<TokenLookup, ServerError> {
         let Some(a) = self
             .store
             .admin_by_token_hash(&sha256_hex(token.as_bytes()))
             .await?
         else {
-            return Ok(None);
+            return Ok(TokenLookup::Unknown);
         };
         if a.expires_at.is_some_and(|e| e <= self.clock.now()) {
-            return Err(ServerError::Unauthorized);
+            return Ok(TokenLookup::Expired);
         }
-        Ok(Some(AdminPrincipal {
+        Ok(TokenLookup::Admin(AdminPrincipal {
             name: a.name,
             teams: a.teams.iter().map(|t| t.as_str().to_owned()).collect(),
         }))

@@ -120,6 +120,11 @@ impl axum::extract::FromRef<AgentState> for Arc<Service> {
     }
 }
 
+/// The client certificate of the request's connection, if it sent one.
+fn peer_leaf(req: &Request) -> Option<Arc<Vec<u8>>> {
+    req.extensions().get::<PeerCert>().and_then(|p| p.0.clone())
+}
+
 /// PDP callers on this listener: any unrevoked X509-SVID of this trust
 /// domain (the TLS handshake has already verified its chain).
 async fn require_svid(
@@ -127,13 +132,10 @@ async fn require_svid(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ServerError> {
-    let leaf = req
-        .extensions()
-        .get::<PeerCert>()
-        .and_then(|p| p.0.clone())
-        .ok_or_else(|| {
-            refused("the PDP on this listener needs an X509-SVID as client certificate")
-        })?;
+    let refused = |m: &str| ServerError::Forbidden("forbidden", m.to_owned());
+    let leaf = peer_leaf(&req).ok_or_else(|| {
+        refused("the PDP on this listener needs an X509-SVID as client certificate")
+    })?;
     let client_addr = client_addr(req.extensions());
     let info = credence_ca::x509::svid_info(&leaf)
         .map_err(|e| refused(&format!("the client certificate is not an X509-SVID: {e}")))?;
@@ -158,13 +160,9 @@ async fn require_agent(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ServerError> {
-    let leaf = req
-        .extensions()
-        .get::<PeerCert>()
-        .and_then(|p| p.0.clone())
-        .ok_or_else(|| {
-            refused("this endpoint needs the agent's X509-SVID as client certificate")
-        })?;
+    let leaf = peer_leaf(&req).ok_or_else(|| {
+        refused("this endpoint needs the agent's X509-SVID as client certificate")
+    })?;
     let node = st.svc.authenticate_agent(&leaf).await?;
     req.extensions_mut().insert(node);
     Ok(next.run(req).await)

@@ -21,6 +21,7 @@ use credence_core::{IdentityKind, IdentityStatus, RevocationReason, Serial, Spif
 use credence_store::IdentityFilter;
 
 use crate::ServerError;
+use crate::admins::TokenLookup;
 use crate::authz::{AdminPrincipal, Principal, RouteRule, Target};
 use crate::service::{Actor, IdentityKey, IdentityUpdate, NewIdentity, RevokeTarget, Service};
 
@@ -288,18 +289,22 @@ async fn require_pdp_caller(
 
 /// The administrator a bearer token names: the root token, or a named
 /// administrator's unexpired token.
-async fn admin_for(st: &AppState, token: &str) -> Result<AdminPrincipal, &'static str> {
+/// `Err` only when the store cannot answer; a refused token is `Ok(Err(why))`.
+async fn admin_for(
+    st: &AppState,
+    token: &str,
+) -> Result<Result<AdminPrincipal, &'static str>, ServerError> {
     if bool::from(Service::token_hash(token).ct_eq(&st.admin_token_hash)) {
-        return Ok(AdminPrincipal::root());
+        return Ok(Ok(AdminPrincipal::root()));
     }
     if !token.starts_with(crate::admins::TOKEN_PREFIX) {
-        return Err("wrong admin token");
+        return Ok(Err("wrong admin token"));
     }
-    match st.svc.admin_by_token(token).await {
-        Ok(Some(a)) => Ok(a),
-        Ok(None) => Err("wrong admin token"),
-        Err(_) => Err("expired admin token"),
-    }
+    Ok(match st.svc.admin_by_token(token).await? {
+        TokenLookup::Admin(a) => Ok(a),
+        TokenLookup::Unknown => Err("wrong admin token"),
+        TokenLookup::Expired => Err("expired admin token"),
+    })
 }
 
 /// Authenticates an administrator (audited on failure).
@@ -330,7 +335,7 @@ async fn authenticate(
     path: &str,
 ) -> Result<Actor, ServerError> {
     let checked = match token.as_deref() {
-        Some(t) => admin_for(st, t).await,
+        Some(t) => admin_for(st, t).await?,
         None => Err("no bearer token"),
     };
     match checked {

@@ -264,8 +264,14 @@ const DECISION_BATCH: usize = 1000;
 /// appended in batches by one task, so a burst of denies costs a few
 /// transactions rather than one each, and never delays an answer.
 pub struct DecisionLog {
-    tx: tokio::sync::mpsc::Sender<credence_store::AuditRecord>,
+    tx: tokio::sync::mpsc::Sender<Queued>,
     dropped: Arc<AtomicU64>,
+}
+
+enum Queued {
+    Record(Box<credence_store::AuditRecord>),
+    /// Answered once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl DecisionLog {
@@ -278,11 +284,16 @@ impl DecisionLog {
         let lost = dropped.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < DECISION_BATCH {
-                    match rx.try_recv() {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
+                let mut batch = Vec::new();
+                let mut flushed = Vec::new();
+                let mut next = Some(first);
+                while let Some(q) = next.take() {
+                    match q {
+                        Queued::Record(r) => batch.push(*r),
+                        Queued::Flush(done) => flushed.push(done),
+                    }
+                    if batch.len() < DECISION_BATCH {
+                        next = rx.try_recv().ok();
                     }
                 }
                 let n = lost.swap(0, Ordering::Relaxed);
@@ -297,8 +308,13 @@ impl DecisionLog {
                     rec.outcome = credence_store::Outcome::Failure;
                     batch.push(rec);
                 }
-                if let Err(e) = store.append_audit_batch(batch).await {
+                if !batch.is_empty()
+                    && let Err(e) = store.append_audit_batch(batch).await
+                {
                     tracing::error!(error = %e, "cannot record authorization decisions");
+                }
+                for done in flushed {
+                    let _ = done.send(());
                 }
             }
         });
@@ -306,8 +322,16 @@ impl DecisionLog {
     }
 
     fn push(&self, rec: credence_store::AuditRecord) {
-        if self.tx.try_send(rec).is_err() {
+        if self.tx.try_send(Queued::Record(Box::new(rec))).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until every record queued so far is written (at shutdown).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(Queued::Flush(done)).await.is_ok() {
+            let _ = written.await;
         }
     }
 }

@@ -75,7 +75,9 @@ impl Running {
             Ok(r) => r,
             Err(e) => Err(ServerError::Internal(format!("server task failed: {e}"))),
         };
-        // a last checkpoint covers everything committed before the stop
+        // decisions answered before the stop are recorded, then a last
+        // checkpoint covers everything committed
+        self.service.decision_log.flush().await;
         self.checkpointer.abort();
         if let Err(e) = self.service.checkpoint().await {
             tracing::error!(error = %e, "final audit checkpoint failed");

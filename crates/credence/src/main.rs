@@ -260,3 +260,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition only when that command is built;
+    /// this builds them all, so a clash (e.g. an argument named `version`)
+    /// fails here instead of in a user's hands.
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

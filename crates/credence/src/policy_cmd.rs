@@ -46,9 +46,16 @@ pub enum PolicyCmd {
     /// List versions, newest first
     List,
     /// Show one version with its schema and policies
-    Show { version: u64 },
+    // not named `version`: clap's own `--version` flag takes that id
+    Show {
+        #[arg(value_name = "VERSION")]
+        number: u64,
+    },
     /// Make a version active (also a rollback)
-    Activate { version: u64 },
+    Activate {
+        #[arg(value_name = "VERSION")]
+        number: u64,
+    },
     /// The PDP's entity store (Cedar entities JSON)
     #[command(subcommand)]
     Entities(EntitiesCmd),
@@ -158,8 +165,8 @@ pub async fn run(c: &Client, cmd: PolicyCmd, json_mode: bool) -> Result<(), CliE
                 print_versions(&v);
             }
         }
-        PolicyCmd::Show { version } => {
-            let v = c.get(&format!("/v1/policies/{version}")).await?;
+        PolicyCmd::Show { number } => {
+            let v = c.get(&format!("/v1/policies/{number}")).await?;
             if json_mode {
                 println!("{v}");
             } else {
@@ -172,9 +179,9 @@ pub async fn run(c: &Client, cmd: PolicyCmd, json_mode: bool) -> Result<(), CliE
                 println!("-- policies\n{}", v["policies"].as_str().unwrap_or(""));
             }
         }
-        PolicyCmd::Activate { version } => {
+        PolicyCmd::Activate { number } => {
             let v = c
-                .post(&format!("/v1/policies/{version}/activate"), &json!({}))
+                .post(&format!("/v1/policies/{number}/activate"), &json!({}))
                 .await?;
             if json_mode {
                 println!("{v}");

@@ -8,6 +8,7 @@ use time::Duration;
 
 use credence_core::{AdminName, Scope, SpiffeId};
 use credence_server::ServerError;
+use credence_server::admins::TokenLookup;
 use credence_server::authz::{AdminPrincipal, Principal};
 use credence_server::policies::NewPolicySet;
 use credence_server::service::{Actor, IdentityKey, IdentityUpdate, NewIdentity, RevokeTarget};
@@ -451,13 +452,21 @@ async fn admins_are_created_listed_and_deleted_with_tokens_shown_once() {
     let created = f.svc.create_admin(&root, new).await.unwrap();
     assert!(created.token.starts_with("cadm_"));
     assert_eq!(created.admin.teams.len(), 2);
-    let who = f.svc.admin_by_token(&created.token).await.unwrap().unwrap();
+    let TokenLookup::Admin(who) = f.svc.admin_by_token(&created.token).await.unwrap() else {
+        panic!("alice's token is not found")
+    };
     assert_eq!(who.name.as_str(), "alice");
     assert_eq!(who.teams, ["payments", "search"]);
-    assert!(f.svc.admin_by_token("cadm_nope").await.unwrap().is_none());
+    assert!(matches!(
+        f.svc.admin_by_token("cadm_nope").await.unwrap(),
+        TokenLookup::Unknown
+    ));
     // expired tokens are refused
     f.clock.advance(Duration::hours(2));
-    assert!(f.svc.admin_by_token(&created.token).await.is_err());
+    assert!(matches!(
+        f.svc.admin_by_token(&created.token).await.unwrap(),
+        TokenLookup::Expired
+    ));
     // root is reserved
     let root_again: credence_server::admins::NewAdmin =
         serde_json::from_value(json!({"name": "root"})).unwrap();

@@ -7,37 +7,26 @@ use serde_json::json;
 
 use crate::support::{Dev, have, reqwest::blocking_free::Http, run, wait_for};
 
-const TEAM_ADMINS: &str = r#"
-@id("team-admins-manage-their-team")
-permit (
-  principal is Credence::Admin,
-  action in Credence::Action::"manage_identity",
-  resource is Credence::Identity
-)
-when { principal.teams.contains(resource.owner) };
+/// The README's example set: agents read their team's documents, team
+/// administrators manage their team's identities.
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/agent-docs");
 
-@id("team-admins-read-their-team")
-permit (
-  principal is Credence::Admin,
-  action == Credence::Action::"read_identity",
-  resource is Credence::Identity
-)
-when { principal.teams.contains(resource.owner) };
-"#;
-
+/// Pushes and activates `policies` (a file's text) with the example schema.
 fn push(dev: &Dev, policies: &str) -> String {
     let p = dev.path().join("p.cedar");
-    let s = dev.path().join("empty.cedarschema");
     std::fs::write(&p, policies).unwrap();
-    std::fs::write(&s, "").unwrap();
     dev.ok(&[
         "policy",
         "push",
         "--schema",
-        s.to_str().unwrap(),
+        &format!("{EXAMPLE}/schema.cedarschema"),
         p.to_str().unwrap(),
         "--activate",
     ])
+}
+
+fn example_policies() -> String {
+    std::fs::read_to_string(format!("{EXAMPLE}/policies.cedar")).unwrap()
 }
 
 fn identity(http: &Http, path: &str, owner: &str) -> (u16, String) {
@@ -70,7 +59,7 @@ fn team_admin_is_confined_by_policy_and_root_can_always_fix_policies() {
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("no policy permits it"), "{body}");
 
-    push(&dev, TEAM_ADMINS);
+    push(&dev, &example_policies());
     assert_eq!(identity(&alice, "pay/api", "payments").0, 201);
     let (st, body) = identity(&alice, "search/api", "search");
     assert_eq!(st, 403, "{body}");
@@ -141,7 +130,7 @@ fn team_admin_is_confined_by_policy_and_root_can_always_fix_policies() {
     assert_eq!(st, 403, "{body}");
     assert!(body.contains("lockdown"), "{body}");
     assert_eq!(root.get("/v1/ca").status, 403);
-    push(&dev, TEAM_ADMINS);
+    push(&dev, &example_policies());
     assert_eq!(identity(&root, "x", "ops").0, 201);
 
     // deleting the administrator stops its token at once
@@ -282,7 +271,7 @@ fn readme_worked_example() {
         "identity",
         "create",
         "--spiffe-id",
-        "spiffe://example.org/agents/summarizer",
+        "spiffe://example.org/agents/researcher",
         "--kind",
         "agent",
         "--owner",
@@ -292,7 +281,7 @@ fn readme_worked_example() {
     let ask = |action: &str, team: &str| {
         http.post(
             "/access/v1/evaluation",
-            &json!({"subject": {"type": "Credence::Identity", "id": "spiffe://example.org/agents/summarizer"},
+            &json!({"subject": {"type": "Credence::Identity", "id": "spiffe://example.org/agents/researcher"},
                     "action": {"name": action},
                     "resource": {"type": "Document", "id": "q3", "properties": {"team": team}},
                     "context": {"explain": true}}),
@@ -315,7 +304,7 @@ fn readme_worked_example() {
     // properties cannot disguise a registered identity
     let r = http.post(
         "/access/v1/evaluation",
-        &json!({"subject": {"type": "Credence::Identity", "id": "spiffe://example.org/agents/summarizer",
+        &json!({"subject": {"type": "Credence::Identity", "id": "spiffe://example.org/agents/researcher",
                             "properties": {"kind": "service"}},
                 "action": {"name": "delete"}, "resource": {"type": "Document", "id": "q3", "properties": {"team": "payments"}}}),
     );
@@ -368,7 +357,7 @@ fn readme_worked_example() {
         "jwt",
         "mint",
         "--spiffe-id",
-        "spiffe://example.org/agents/summarizer",
+        "spiffe://example.org/agents/researcher",
         "--audience",
         "docs",
         "--ttl",
@@ -380,10 +369,54 @@ fn readme_worked_example() {
         "jwt",
         "mint",
         "--spiffe-id",
-        "spiffe://example.org/agents/summarizer",
+        "spiffe://example.org/agents/researcher",
         "--audience",
         "docs",
         "--ttl",
         "10m",
     ]);
+
+    // dry-run, a candidate version made with the README's sed, the diff, rollback
+    let read_json = dev.path().join("read.json");
+    std::fs::write(
+        &read_json,
+        r#"{"subject": {"type": "Credence::Identity", "id": "spiffe://example.org/agents/researcher"},
+  "action": {"name": "read"}, "resource": {"type": "Document", "id": "q3", "properties": {"team": "payments"}}}"#,
+    )
+    .unwrap();
+    let rj = read_json.to_str().unwrap();
+    let out = dev.ok(&["policy", "test", "--request", rj]);
+    assert!(
+        out.contains("decision: allow") && out.contains("agents-read-their-team-docs"),
+        "{out}"
+    );
+    let v2 = crate::support::run("sed", &["/agents-read-their-team-docs/,/};$/d", &policies]);
+    assert!(v2.status.success());
+    let v2_text = String::from_utf8(v2.stdout).unwrap();
+    assert!(
+        !v2_text.contains("agents-read-their-team-docs"),
+        "{v2_text}"
+    );
+    assert!(v2_text.contains("agents-never-delete"), "{v2_text}");
+    let v2_file = dev.path().join("v2.cedar");
+    std::fs::write(&v2_file, v2_text).unwrap();
+    let out = dev.ok(&[
+        "policy",
+        "push",
+        "--schema",
+        &schema,
+        v2_file.to_str().unwrap(),
+        "--namespace",
+        "Docs",
+    ]);
+    assert!(out.contains("version 2"), "{out}");
+    let out = dev.ok(&["policy", "diff", "1", "2", "--requests", rj]);
+    assert!(
+        out.contains("read Document:q3  allow (agents-read-their-team-docs) -> deny (default)"),
+        "{out}"
+    );
+    dev.ok(&["policy", "activate", "2"]);
+    assert_eq!(ask("read", "payments")["decision"], false);
+    dev.ok(&["policy", "activate", "1"]);
+    assert_eq!(ask("read", "payments")["decision"], true);
 }
