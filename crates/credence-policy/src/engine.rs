@@ -269,6 +269,19 @@ fn action_keys(c: ActionConstraint) -> Option<Vec<Key>> {
     }
 }
 
+/// Whether a policy's condition names an action its scope does not (its
+/// scope's actions appear among its literals too).
+fn names_other_actions(p: &Policy) -> bool {
+    let scoped: Vec<EntityUid> = match p.action_constraint() {
+        ActionConstraint::Any => Vec::new(),
+        ActionConstraint::Eq(u) => vec![u],
+        ActionConstraint::In(us) => us,
+    };
+    p.entity_literals()
+        .iter()
+        .any(|u| u.type_name().basename() == "Action" && !scoped.contains(u))
+}
+
 /// Supplied entities by name, with their parents.
 type Supplied = HashMap<EntityUid, (Entity, Vec<EntityUid>)>;
 
@@ -321,6 +334,12 @@ pub struct Engine {
     /// tags; without ancestors, `in` is `==`), so only then does a
     /// request's entities include them.
     action_groups: bool,
+    /// Whether some policy names an action outside its scope (say
+    /// `Action::"a" in Action::"g"` in a condition): then Cedar may look
+    /// up any action, and a request carries all of them. Otherwise the
+    /// request's own action is enough, which spares copying and re-closing
+    /// every action of a large schema per decision.
+    actions_in_conditions: bool,
     types: TypeNames,
     store: Entities,
     authorizer: Authorizer,
@@ -500,12 +519,14 @@ impl Engine {
             statics: FxMap::default(),
             actions,
             action_groups,
+            actions_in_conditions: false,
             types,
             store: Entities::empty(),
             authorizer: Authorizer::new(),
             all: set,
         };
         for (i, p) in named.into_iter().enumerate() {
+            engine.actions_in_conditions |= names_other_actions(&p);
             let principal = principal_keys(p.principal_constraint());
             let action = action_keys(p.action_constraint());
             let resource = resource_keys(p.resource_constraint());
@@ -639,11 +660,66 @@ impl Engine {
             statics: FxMap::default(),
             actions: Entities::empty(),
             action_groups: false,
+            actions_in_conditions: false,
             types: TypeNames::default(),
             store: Entities::empty(),
             authorizer: Authorizer::new(),
             all: PolicySet::new(),
         }
+    }
+
+    /// Whether some `forbid` could apply to this principal doing an
+    /// action of the group `actions` (given every entity the principal is
+    /// in, as a request would supply them): the forbid's principal scope
+    /// is open, names the principal's type, the principal or one of those
+    /// ancestors, and its action scope is open or names an action of the
+    /// group or a group one of them is in. When none can, a `permit`
+    /// without conditions that matches such a request is its decision.
+    pub fn forbids_may_reach(
+        &self,
+        principal: &EntityRef,
+        ancestors: &[EntityRef],
+        actions: &EntityRef,
+    ) -> bool {
+        let (Ok(uid), Ok(anc), Ok(group)) = (
+            self.uid(principal),
+            ancestors
+                .iter()
+                .map(|a| self.uid(a))
+                .collect::<Result<Vec<_>, _>>(),
+            self.uid(actions),
+        ) else {
+            // a name Cedar cannot read: assume the worst
+            return true;
+        };
+        // the group's actions and every group any of them is in
+        let mut related: HashSet<EntityUid> = HashSet::from([group.clone()]);
+        for a in self.actions.iter() {
+            let up: Vec<EntityUid> = self
+                .actions
+                .ancestors(&a.uid())
+                .map(|i| i.cloned().collect())
+                .unwrap_or_default();
+            if up.contains(&group) {
+                related.insert(a.uid());
+                related.extend(up);
+            }
+        }
+        let named = |u: &EntityUid| *u == uid || anc.contains(u);
+        self.policies
+            .iter()
+            .filter(|p| p.effect() == cedar_policy::Effect::Forbid)
+            .filter(|p| match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => related.contains(&a),
+                ActionConstraint::In(r#as) => r#as.iter().any(|a| related.contains(a)),
+            })
+            .any(|p| match p.principal_constraint() {
+                PrincipalConstraint::Any => true,
+                PrincipalConstraint::Is(t) => t == *uid.type_name(),
+                PrincipalConstraint::Eq(u) | PrincipalConstraint::In(u) => named(&u),
+                PrincipalConstraint::IsIn(t, u) => t == *uid.type_name() && named(&u),
+            })
     }
 
     /// Policy id → its text, for diffs between versions.
@@ -827,7 +903,7 @@ impl Engine {
 
     /// Decides; never fails (see the crate docs).
     pub fn decide(&self, q: &Query) -> Decision {
-        match self.try_decide(q, true) {
+        match self.try_decide(q, Mode::Indexed) {
             Ok(d) => d,
             Err(e) => Decision::error(e),
         }
@@ -836,13 +912,24 @@ impl Engine {
     /// The same decision with every policy evaluated, as Cedar alone does
     /// (for benchmarks and for checking the index).
     pub fn decide_unindexed(&self, q: &Query) -> Decision {
-        match self.try_decide(q, false) {
+        match self.try_decide(q, Mode::Unindexed) {
             Ok(d) => d,
             Err(e) => Decision::error(e),
         }
     }
 
-    fn try_decide(&self, q: &Query, indexed: bool) -> Result<Decision, String> {
+    /// [`Engine::decide_unindexed`] with every action entity of the schema
+    /// in the request, as a plain Cedar call would have them (for tests of
+    /// the shortcuts taken in building a request's entities).
+    #[doc(hidden)]
+    pub fn decide_reference(&self, q: &Query) -> Decision {
+        match self.try_decide(q, Mode::Reference) {
+            Ok(d) => d,
+            Err(e) => Decision::error(e),
+        }
+    }
+
+    fn try_decide(&self, q: &Query, mode: Mode) -> Result<Decision, String> {
         let need = |r: &Option<EntityRef>, what: &str| {
             r.as_ref()
                 .ok_or_else(|| format!("the request names no {what}"))
@@ -883,13 +970,20 @@ impl Engine {
         // the actions already have their transitive closure: only the
         // request's entities need theirs computed. A supplied action must
         // meet the schema's (Cedar refuses a different one).
-        let base = if self.action_groups
+        let all_actions = mode == Mode::Reference
+            || (self.action_groups && self.actions_in_conditions)
             || supplied
                 .keys()
-                .any(|u| u.type_name().basename() == "Action")
-        {
+                .any(|u| u.type_name().basename() == "Action");
+        let base = if all_actions {
             self.actions.clone()
         } else {
+            if self.action_groups
+                && let Some(e) = self.actions.get(&a)
+            {
+                // already closed: its ancestors are the groups it is in
+                slice.push(e.clone());
+            }
             Entities::empty()
         };
         let entities = base
@@ -901,7 +995,7 @@ impl Engine {
             .map_err(|e| format!("context: {e}"))?;
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {}", full(&e)))?;
 
-        let sets = if indexed {
+        let sets = if mode == Mode::Indexed {
             let a_anc: Vec<EntityUid> = self
                 .actions
                 .ancestors(&a)
@@ -924,6 +1018,17 @@ impl Engine {
         }
         Ok(outcome.decision(&self.order))
     }
+}
+
+/// How [`Engine::try_decide`] picks policies and entities.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The policies of the matching index cells.
+    Indexed,
+    /// Every policy.
+    Unindexed,
+    /// Every policy and every action entity.
+    Reference,
 }
 
 /// The policy sets one decision evaluates.

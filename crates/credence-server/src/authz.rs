@@ -218,11 +218,26 @@ fn admin_entity(a: &AdminPrincipal) -> EntityData {
     attrs.insert("teams".into(), json!(a.teams));
     attrs.insert("root".into(), json!(a.name.is_root()));
     EntityData {
-        uid: EntityRef::new(kind("Admin"), a.name.as_str()),
+        uid: admin_ref(a),
         attrs,
-        parents: a.teams.iter().map(|t| team(t)).collect(),
+        parents: admin_parents(a),
         tags: Map::new(),
     }
+}
+
+/// The group of every admin action.
+pub(crate) fn admin_actions() -> EntityRef {
+    EntityRef::new(kind("Action"), "admin")
+}
+
+pub(crate) fn admin_ref(a: &AdminPrincipal) -> EntityRef {
+    EntityRef::new(kind("Admin"), a.name.as_str())
+}
+
+/// The teams an administrator is in, its every ancestor (teams are not
+/// nested).
+pub(crate) fn admin_parents(a: &AdminPrincipal) -> Vec<EntityRef> {
+    a.teams.iter().map(|t| team(t)).collect()
 }
 
 fn server_entity(td: &TrustDomain) -> EntityData {
@@ -322,6 +337,10 @@ impl Service {
                 ));
             }
         };
+        let pdp = self.pdp_or_builtin();
+        if admin.name.is_root() && pdp.root_unrestricted {
+            return Ok(());
+        }
         let principal = admin_entity(&admin);
         let (resource, label) = match target {
             Target::Identity(i) => (identity_entity(i), i.spiffe_id.to_string()),
@@ -420,6 +439,10 @@ impl Service {
             Principal::Admin(a) => a.clone(),
             _ => return false,
         };
+        let pdp = self.pdp_or_builtin();
+        if admin.name.is_root() && pdp.root_unrestricted {
+            return true;
+        }
         let principal = admin_entity(&admin);
         let resource = identity_entity(i);
         let q = Query {
@@ -433,7 +456,7 @@ impl Service {
             entities: vec![principal, resource],
             ..Query::default()
         };
-        self.pdp_or_builtin().engine.decide(&q).allow
+        pdp.engine.decide(&q).allow
     }
 }
 
@@ -451,6 +474,121 @@ fn refusal(what: &str, d: &Decision) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ALL_ADMIN_ACTIONS: [AdminAction; 14] = [
+        AdminAction::ReadIdentity,
+        AdminAction::CreateIdentity,
+        AdminAction::UpdateIdentity,
+        AdminAction::DeleteIdentity,
+        AdminAction::DisableIdentity,
+        AdminAction::EnableIdentity,
+        AdminAction::MintCredential,
+        AdminAction::RevokeCredential,
+        AdminAction::ReadServer,
+        AdminAction::ManageNodes,
+        AdminAction::ManageCa,
+        AdminAction::ManagePolicies,
+        AdminAction::ManageAdmins,
+        AdminAction::RevokeUnregistered,
+    ];
+
+    /// The shortcut for the root administrator (no Cedar call when no
+    /// `forbid` can reach it) gives Cedar's answer: `credence.root`
+    /// permits every admin action on every target.
+    #[test]
+    fn root_shortcut_agrees_with_cedar() {
+        let pdp = crate::policies::Pdp::new(
+            credence_policy::Engine::compile_with(builtin(), "", "").unwrap(),
+            0,
+            None,
+        );
+        assert!(pdp.root_unrestricted);
+        let root = AdminPrincipal::root();
+        let i: Identity = serde_json::from_value(json!({
+            "id": "0123456789abcdef0123456789abcdef", "spiffe_id": "spiffe://t.example/a/b",
+            "kind": "workload", "owner": "team-a", "description": "", "labels": {"env": "prod"},
+            "selectors": [], "status": "disabled", "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z", "last_issued_at": null, "max_ttl_seconds": null}))
+        .unwrap();
+        let td = TrustDomain::new("t.example").unwrap();
+        for action in ALL_ADMIN_ACTIONS {
+            for resource in [identity_entity(&i), server_entity(&td)] {
+                let q = Query {
+                    principal: Some(admin_ref(&root)),
+                    action: Some(EntityRef::new(kind("Action"), action.as_str())),
+                    resource: Some(resource.uid.clone()),
+                    entities: vec![admin_entity(&root), resource],
+                    ..Query::default()
+                };
+                let d = pdp.engine.decide(&q);
+                assert!(d.allow, "{action:?}: {d:?}");
+                assert_eq!(d.policies, ["credence.root"]);
+            }
+        }
+    }
+
+    /// Which sets keep the shortcut: only a `forbid` whose principal scope
+    /// can reach `Admin::"root"` turns it off.
+    #[test]
+    fn root_shortcut_off_when_a_forbid_can_reach_root() {
+        let schema = "namespace App { entity User; action go appliesTo { principal: User, resource: User }; }";
+        for (policy, reaches) in [
+            (
+                "permit (principal, action, resource) when { false };",
+                false,
+            ),
+            ("forbid (principal is App::User, action, resource);", false),
+            (
+                r#"forbid (principal, action == App::Action::"go", resource);"#,
+                false,
+            ),
+            (
+                r#"forbid (principal, action == Credence::Action::"issue_x509_svid", resource);"#,
+                false,
+            ),
+            (
+                r#"forbid (principal, action == Credence::Action::"mint_credential", resource);"#,
+                true,
+            ),
+            (
+                r#"forbid (principal, action in Credence::Action::"read", resource);"#,
+                true,
+            ),
+            (
+                r#"forbid (principal, action in [Credence::Action::"issue_jwt_svid", Credence::Action::"admin"], resource);"#,
+                true,
+            ),
+            (
+                r#"forbid (principal in Credence::Team::"x", action, resource);"#,
+                false,
+            ),
+            (
+                r#"forbid (principal == Credence::Admin::"alice", action, resource);"#,
+                false,
+            ),
+            (
+                "forbid (principal, action, resource) when { context has nope };",
+                true,
+            ),
+            (
+                "forbid (principal is Credence::Admin, action, resource);",
+                true,
+            ),
+            (
+                r#"forbid (principal == Credence::Admin::"root", action, resource);"#,
+                true,
+            ),
+            (
+                r#"forbid (principal is Credence::Admin in Credence::Admin::"root", action, resource);"#,
+                true,
+            ),
+        ] {
+            let engine = credence_policy::Engine::compile_with(builtin(), schema, policy)
+                .unwrap_or_else(|e| panic!("{policy}: {e}"));
+            let pdp = crate::policies::Pdp::new(engine, 1, None);
+            assert_eq!(pdp.root_unrestricted, !reaches, "{policy}");
+        }
+    }
 
     #[test]
     fn builtin_compiles_alone() {

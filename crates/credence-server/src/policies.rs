@@ -27,6 +27,29 @@ pub struct Pdp {
     pub mapping: credence_policy::authzen::Mapping,
     /// Policy id → source text, for diffs.
     pub texts: BTreeMap<String, String>,
+    /// No `forbid` of this set can reach the root administrator, so
+    /// `credence.root` (no conditions) decides its every admin action:
+    /// allowed without asking Cedar.
+    pub root_unrestricted: bool,
+}
+
+impl Pdp {
+    pub fn new(engine: Engine, version: u64, namespace: Option<String>) -> Self {
+        let texts = engine.policy_texts();
+        let root = crate::authz::AdminPrincipal::root();
+        let root_unrestricted = !engine.forbids_may_reach(
+            &crate::authz::admin_ref(&root),
+            &crate::authz::admin_parents(&root),
+            &crate::authz::admin_actions(),
+        );
+        Self {
+            engine,
+            version,
+            mapping: credence_policy::authzen::Mapping { namespace },
+            texts,
+            root_unrestricted,
+        }
+    }
 }
 
 /// What listings show of a version (no texts).
@@ -150,15 +173,7 @@ impl Service {
                 .map_err(|e| ServerError::Internal(format!("stored entities: {e}")))?;
             engine.set_entities(&v).map_err(invalid)?;
         }
-        let texts = engine.policy_texts();
-        Ok(Pdp {
-            engine,
-            version: rec.version,
-            mapping: credence_policy::authzen::Mapping {
-                namespace: rec.namespace.clone(),
-            },
-            texts,
-        })
+        Ok(Pdp::new(engine, rec.version, rec.namespace.clone()))
     }
 
     /// The active PDP, or, when no policy set is active, one with only the
@@ -174,13 +189,7 @@ impl Service {
                             tracing::error!(error = %e, "built-in policies do not compile; denying everything");
                             Engine::deny_all()
                         });
-                    let texts = engine.policy_texts();
-                    Arc::new(Pdp {
-                        engine,
-                        version: 0,
-                        mapping: credence_policy::authzen::Mapping::default(),
-                        texts,
-                    })
+                    Arc::new(Pdp::new(engine, 0, None))
                 })
                 .clone()
         })
@@ -344,15 +353,7 @@ impl Service {
                 ),
             )
             .await?;
-        let texts = engine.policy_texts();
-        self.install_pdp(Some(Pdp {
-            engine,
-            version: rec.version,
-            mapping: credence_policy::authzen::Mapping {
-                namespace: rec.namespace.clone(),
-            },
-            texts,
-        }));
+        self.install_pdp(Some(Pdp::new(engine, rec.version, rec.namespace.clone())));
         Ok(count)
     }
 
