@@ -81,6 +81,11 @@ pub enum BenchCmd {
         /// Concurrent HTTP clients
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// HTTP load generator: `builtin` (hyper clients in this process,
+        /// sharing its cores), `wrk` (a second process; needs `wrk` on
+        /// PATH) or `both`; default: both when wrk is installed
+        #[arg(long)]
+        load: Option<String>,
     },
     /// Audit log: SHA-256 floor, durable appends, proofs and full
     /// verification on a large log
@@ -182,10 +187,12 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         naive,
         http_duration,
         concurrency,
+        load,
     } = cmd
     {
         let d = humantime::parse_duration(&http_duration).map_err(err)?;
-        return crate::bench_policy::run(policies, decisions, naive, d, concurrency).await;
+        let load = crate::bench_policy::Load::parse(load.as_deref())?;
+        return crate::bench_policy::run(policies, decisions, naive, d, concurrency, load).await;
     }
     if let BenchCmd::Agent {
         svids,

@@ -141,12 +141,44 @@ fn noise_floor(count: usize, us: f64) {
     );
 }
 
+/// Which HTTP load generator drives the AuthZEN stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Keep-alive hyper clients in this process (they share the cores
+    /// with the server, so the rate is a lower bound).
+    Builtin,
+    /// `wrk` in a second process: the usual way HTTP servers are measured.
+    Wrk,
+    Both,
+}
+
+impl Load {
+    pub fn parse(s: Option<&str>) -> Result<Self, CliError> {
+        match s {
+            None if which_wrk().is_some() => Ok(Self::Both),
+            None => Ok(Self::Builtin),
+            Some("builtin") => Ok(Self::Builtin),
+            Some("wrk") => Ok(Self::Wrk),
+            Some("both") => Ok(Self::Both),
+            Some(o) => Err(err(format!("--load {o:?}: expected builtin, wrk or both"))),
+        }
+    }
+}
+
+fn which_wrk() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("wrk"))
+        .find(|p| p.is_file())
+}
+
 pub async fn run(
     n: usize,
     decisions: usize,
     naive: usize,
     http: std::time::Duration,
     concurrency: usize,
+    load: Load,
 ) -> Result<(), CliError> {
     let t = Instant::now();
     let mut engine = Engine::compile(SCHEMA, &policies(n)).map_err(err)?;
@@ -175,7 +207,7 @@ pub async fn run(
         |q| engine.decide_unindexed(q).allow,
     )?;
     if !http.is_zero() {
-        http_stage(n, &ents, http, concurrency.max(1)).await?;
+        http_stage(n, &ents, http, concurrency.max(1), load).await?;
     }
     Ok(())
 }
@@ -187,6 +219,7 @@ async fn http_stage(
     ents: &[serde_json::Value],
     d: std::time::Duration,
     concurrency: usize,
+    load: Load,
 ) -> Result<(), CliError> {
     use credence_server::policies::NewPolicySet;
     use credence_server::service::Actor;
@@ -236,6 +269,63 @@ async fn http_stage(
             })
             .collect(),
     );
+    json_in_process(&svc, &bodies)?;
+    if load != Load::Wrk {
+        builtin_load(&running, &bodies, token, d, concurrency).await?;
+    }
+    if load != Load::Builtin {
+        wrk_load(running.addr, &bodies, token, d, concurrency).await?;
+    }
+    running.shutdown().await.map_err(err)?;
+    Ok(())
+}
+
+/// The server's own engine answering the same AuthZEN bodies without HTTP:
+/// JSON parse, mapping onto Cedar, decision and response JSON. What the
+/// HTTP stages add beyond this is transport, authentication and audit.
+fn json_in_process(
+    svc: &credence_server::service::Service,
+    bodies: &[bytes::Bytes],
+) -> Result<(), CliError> {
+    let pdp = svc.pdp_or_builtin();
+    let count = 20_000;
+    let mut lat = Vec::with_capacity(count);
+    let t0 = Instant::now();
+    for i in 0..count {
+        let t = Instant::now();
+        let v: serde_json::Value =
+            serde_json::from_slice(&bodies[i % bodies.len()]).map_err(err)?;
+        let out = credence_policy::authzen::evaluation_with(
+            &pdp.engine,
+            &pdp.mapping,
+            &v,
+            &credence_policy::authzen::NoResolve,
+        )
+        .map_err(err)?;
+        let bytes = serde_json::to_vec(&out.body).map_err(err)?;
+        lat.push(u32::try_from(t.elapsed().as_nanos() / 100).unwrap_or(u32::MAX));
+        std::hint::black_box(bytes);
+    }
+    let total = t0.elapsed();
+    lat.sort_unstable();
+    let us = |p: f64| percentile(&lat, p) * 1000.0 / 10.0;
+    println!(
+        "AuthZEN JSON in process (server's engine, no HTTP):\n  {:>10.0} decisions/s   p50 {:.1} µs   p99 {:.1} µs   ({count} decisions)",
+        count as f64 / total.as_secs_f64(),
+        us(0.50),
+        us(0.99),
+    );
+    Ok(())
+}
+
+async fn builtin_load(
+    running: &credence_server::runtime::Running,
+    bodies: &std::sync::Arc<Vec<bytes::Bytes>>,
+    token: &str,
+    d: std::time::Duration,
+    concurrency: usize,
+) -> Result<(), CliError> {
+    let bodies = bodies.clone();
     let senders = crate::bench::keepalive_clients(running.addr, concurrency).await?;
     let auth = format!("Bearer {token}");
     let host = running.addr.to_string();
@@ -259,13 +349,164 @@ async fn http_stage(
     })
     .await?;
     println!(
-        "AuthZEN over HTTP ({concurrency} keep-alive clients, loopback; target >= 20,000/s):\n  {:>10.0} decisions/s   p50 {:.2} ms   p99 {:.2} ms   ({} decisions in {:.1}s)",
+        "AuthZEN over HTTP, load from this process ({concurrency} keep-alive hyper clients sharing the cores):\n  {:>10.0} decisions/s   p50 {:.2} ms   p99 {:.2} ms   ({} decisions in {:.1}s)",
         stage.rate(),
         stage.pct(0.50),
         stage.pct(0.99),
         stage.ops,
         stage.elapsed.as_secs_f64()
     );
-    running.shutdown().await.map_err(err)?;
     Ok(())
+}
+
+/// The same requests from `wrk` in a second process (a Lua script cycles
+/// through the bodies). The target is judged on this line: the server's
+/// rate with a load generator that costs little CPU.
+async fn wrk_load(
+    addr: std::net::SocketAddr,
+    bodies: &[bytes::Bytes],
+    token: &str,
+    d: std::time::Duration,
+    concurrency: usize,
+) -> Result<(), CliError> {
+    let wrk = which_wrk().ok_or_else(|| err("wrk is not on PATH (apt-get install wrk)"))?;
+    let dir = tempfile::tempdir().map_err(err)?;
+    let mut lua = String::from(
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    );
+    lua.push_str(&format!(
+        "wrk.headers[\"Authorization\"] = \"Bearer {token}\"\nlocal bodies = {{\n"
+    ));
+    for b in bodies {
+        lua.push_str("[==[");
+        lua.push_str(&String::from_utf8_lossy(b));
+        lua.push_str("]==],\n");
+    }
+    lua.push_str("}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(nil, nil, nil, bodies[(i % #bodies) + 1])\nend\n");
+    let script = dir.path().join("authzen.lua");
+    std::fs::write(&script, lua).map_err(err)?;
+    let threads = concurrency.min(2);
+    let out = tokio::process::Command::new(wrk)
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{concurrency}"))
+        .arg(format!("-d{}s", d.as_secs().max(1)))
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(format!("http://{addr}/access/v1/evaluation"))
+        .output()
+        .await
+        .map_err(err)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(err(format!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let report =
+        WrkReport::parse(&text).ok_or_else(|| err(format!("unexpected wrk output:\n{text}")))?;
+    if report.bad > 0 {
+        return Err(err(format!(
+            "wrk saw {} failed responses:\n{text}",
+            report.bad
+        )));
+    }
+    println!(
+        "AuthZEN over HTTP, load from wrk in a second process ({threads} threads, {concurrency} keep-alive connections; target >= 20,000/s):\n  {:>10.0} decisions/s   p50 {:.2} ms   p99 {:.2} ms   ({} decisions in {:.1}s)",
+        report.rate, report.p50_ms, report.p99_ms, report.requests, report.secs
+    );
+    Ok(())
+}
+
+/// What the bench reads from wrk's summary.
+#[derive(Debug, PartialEq)]
+struct WrkReport {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    secs: f64,
+    /// Non-2xx responses plus socket errors
+    bad: u64,
+}
+
+impl WrkReport {
+    fn parse(text: &str) -> Option<Self> {
+        fn ms(v: &str) -> Option<f64> {
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+            let n: f64 = num.parse().ok()?;
+            Some(match unit {
+                "us" => n / 1000.0,
+                "ms" => n,
+                "s" => n * 1000.0,
+                "m" => n * 60_000.0,
+                _ => return None,
+            })
+        }
+        let mut r = WrkReport {
+            rate: f64::NAN,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            requests: 0,
+            secs: 0.0,
+            bad: 0,
+        };
+        for line in text.lines().map(str::trim) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["Requests/sec:", v] => r.rate = v.parse().ok()?,
+                ["50%", v] => r.p50_ms = ms(v)?,
+                ["99%", v] => r.p99_ms = ms(v)?,
+                [n, "requests", "in", t, ..] => {
+                    r.requests = n.parse().ok()?;
+                    r.secs = ms(t.trim_end_matches(','))? / 1000.0;
+                }
+                ["Non-2xx", "or", "3xx", "responses:", v] => r.bad += v.parse::<u64>().ok()?,
+                ["Socket", "errors:", rest @ ..] => {
+                    for w in rest.chunks(2) {
+                        if let [_, v] = w {
+                            r.bad += v.trim_end_matches(',').parse::<u64>().ok()?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (r.rate.is_finite() && r.p99_ms.is_finite()).then_some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_summary() {
+        let text = "Running 5s test @ http://127.0.0.1:1/access/v1/evaluation
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.85ms  610.33us  13.03ms   83.10%
+    Req/Sec    11.31k   801.09     12.78k    74.00%
+  Latency Distribution
+     50%    2.79ms
+     75%    3.02ms
+     90%    3.44ms
+     99%  850.00us
+  112523 requests in 5.00s, 25.32MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  22499.12
+Transfer/sec:      5.06MB
+";
+        let r = WrkReport::parse(text).unwrap();
+        assert_eq!(r.requests, 112_523);
+        assert!((r.rate - 22_499.12).abs() < 1e-6);
+        assert!((r.p50_ms - 2.79).abs() < 1e-9);
+        assert!((r.p99_ms - 0.85).abs() < 1e-9);
+        assert!((r.secs - 5.0).abs() < 1e-9);
+        assert_eq!(r.bad, 7);
+        assert!(WrkReport::parse("garbage").is_none());
+    }
 }
