@@ -473,6 +473,25 @@ pub fn trust_domain_of(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// Checks that `der` is one X.509 certificate of a CA (basic constraints
+/// `cA` true), as an X.509 authority of a SPIFFE bundle must be.
+pub fn check_ca_certificate(der: &[u8]) -> Result<(), CaError> {
+    let bad = |why: String| CaError::Certificate(why);
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| bad(format!("not a DER certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the certificate".into()));
+    }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => Ok(()),
+        Ok(_) => Err(bad(format!(
+            "{} is not a CA certificate (basic constraints cA is not true)",
+            cert.subject()
+        ))),
+        Err(e) => Err(bad(format!("basic constraints: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -362,6 +362,10 @@ pub struct Identity {
     /// The scopes tokens minted for this identity may ever carry.
     #[serde(default)]
     pub scopes: Vec<Scope>,
+    /// Foreign trust domains whose bundles this identity's workloads
+    /// receive (to authenticate their peers), through the Workload API.
+    #[serde(default)]
+    pub federates_with: Vec<crate::TrustDomain>,
     /// Upper bound on the lifetime of any credential issued to this identity.
     pub max_ttl_seconds: Option<u32>,
     pub status: IdentityStatus,

@@ -79,6 +79,7 @@ macro_rules! hex128_id {
 mod admin;
 mod clock;
 mod credential;
+mod federation;
 mod identity;
 mod node;
 mod spiffe;
@@ -86,6 +87,7 @@ mod spiffe;
 pub use admin::{Admin, AdminName};
 pub use clock::{Clock, CountingRandom, ManualClock, Random, SystemClock};
 pub use credential::{RevocationReason, Serial};
+pub use federation::{BundleEndpointUrl, BundleProfile, FederatedBundle, Federation};
 pub use identity::{
     Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, Scope, Selector,
 };

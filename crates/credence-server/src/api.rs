@@ -34,6 +34,9 @@ pub struct AppState {
     pub admin_token_hash: [u8; 32],
     /// Public base URL (`http://127.0.0.1:8080`), for discovery documents.
     pub base_url: String,
+    /// `spiffe_refresh_hint` of `/bundle`; `None`: half the default
+    /// X509-SVID lifetime.
+    pub bundle_refresh_hint: Option<std::time::Duration>,
 }
 
 impl axum::extract::FromRef<AppState> for Arc<Service> {
@@ -73,6 +76,12 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/proof/inclusion", get(audit_inclusion))
         .route("/audit/proof/consistency", get(audit_consistency))
         .route("/audit/search", get(audit_search))
+        .route("/federation", post(add_federation).get(list_federations))
+        .route(
+            "/federation/{td}",
+            get(show_federation).delete(remove_federation),
+        )
+        .route("/federation/{td}/refresh", post(refresh_federation))
         .merge(crate::authzen_api::admin_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let pdp = crate::authzen_api::pdp_routes().route_layer(middleware::from_fn_with_state(
@@ -439,7 +448,10 @@ async fn jwks(State(st): State<AppState>) -> Response {
 }
 
 async fn bundle(State(st): State<AppState>) -> Response {
-    let refresh = st.svc.policy.x509_default_ttl.whole_seconds().max(60) as u64 / 2;
+    let refresh = st.bundle_refresh_hint.map_or_else(
+        || st.svc.policy.x509_default_ttl.whole_seconds().max(60) as u64 / 2,
+        |d| d.as_secs().max(1),
+    );
     let body = st.svc.authority().spiffe_bundle(refresh);
     (
         [(
@@ -474,6 +486,80 @@ fn crl_response(der: Arc<Vec<u8>>) -> Result<Response, ServerError> {
         der.as_ref().clone(),
     )
         .into_response())
+}
+
+// ---- federation ----
+
+fn federation_json(f: &credence_core::Federation) -> Value {
+    let mut v = json!(f);
+    // the stored document is the foreign domain's business; show its gist
+    if let Some(b) = &f.bundle {
+        let parsed = crate::federation::parse_bundle(b.document.as_bytes()).ok();
+        v["bundle"] = json!({
+            "sequence": b.sequence,
+            "refresh_hint_seconds": b.refresh_hint_seconds,
+            "fetched_at": b.fetched_at.format(&time::format_description::well_known::Rfc3339).ok(),
+            "x509_authorities": parsed.as_ref().map(|p| p.x509_authorities.len()),
+            "jwt_keys": parsed.as_ref().map(|p| p.jwt_keys.len()),
+        });
+    }
+    v["next_refresh_at"] = json!(
+        crate::federation::next_refresh(f)
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    );
+    v
+}
+
+fn trust_domain_param(s: &str) -> Result<credence_core::TrustDomain, ServerError> {
+    Ok(credence_core::TrustDomain::new(s)?)
+}
+
+async fn add_federation(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(req): ApiJson<crate::federation::NewFederation>,
+) -> Result<(StatusCode, Json<Value>), ServerError> {
+    let f = st.svc.add_federation(&caller, req).await?;
+    Ok((StatusCode::CREATED, Json(federation_json(&f))))
+}
+
+async fn list_federations(State(st): State<AppState>) -> Result<Json<Value>, ServerError> {
+    let items: Vec<Value> = st
+        .svc
+        .list_federations()
+        .await?
+        .iter()
+        .map(federation_json)
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn show_federation(
+    State(st): State<AppState>,
+    ApiPath(td): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    let f = st.svc.get_federation(&trust_domain_param(&td)?).await?;
+    Ok(Json(federation_json(&f)))
+}
+
+async fn remove_federation(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath(td): ApiPath,
+) -> Result<StatusCode, ServerError> {
+    st.svc
+        .remove_federation(&caller, &trust_domain_param(&td)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn refresh_federation(
+    State(st): State<AppState>,
+    ApiPath(td): ApiPath,
+) -> Result<Json<Value>, ServerError> {
+    let f = st.svc.refresh_federation(&trust_domain_param(&td)?).await?;
+    Ok(Json(federation_json(&f)))
 }
 
 // ---- identities ----

@@ -94,6 +94,7 @@ pub enum AdminAction {
     ManagePolicies,
     ManageAdmins,
     RevokeUnregistered,
+    ManageFederation,
 }
 
 impl AdminAction {
@@ -113,6 +114,7 @@ impl AdminAction {
             Self::ManagePolicies => "manage_policies",
             Self::ManageAdmins => "manage_admins",
             Self::RevokeUnregistered => "revoke_unregistered",
+            Self::ManageFederation => "manage_federation",
         }
     }
 }
@@ -163,6 +165,13 @@ pub fn route_rule(method: &str, route: &str) -> Option<RouteRule> {
                 Server(ReadServer)
             } else {
                 Server(ManageAdmins)
+            }
+        }
+        r if r == "/federation" || r.starts_with("/federation/") => {
+            if read {
+                Server(ReadServer)
+            } else {
+                Server(ManageFederation)
             }
         }
         _ => return None,
@@ -475,7 +484,7 @@ fn refusal(what: &str, d: &Decision) -> String {
 mod tests {
     use super::*;
 
-    const ALL_ADMIN_ACTIONS: [AdminAction; 14] = [
+    const ALL_ADMIN_ACTIONS: [AdminAction; 15] = [
         AdminAction::ReadIdentity,
         AdminAction::CreateIdentity,
         AdminAction::UpdateIdentity,
@@ -490,6 +499,7 @@ mod tests {
         AdminAction::ManagePolicies,
         AdminAction::ManageAdmins,
         AdminAction::RevokeUnregistered,
+        AdminAction::ManageFederation,
     ];
 
     /// The shortcut for the root administrator (no Cedar call when no
@@ -609,6 +619,9 @@ mod tests {
             ("GET", "/audit/entries"),
             ("PUT", "/policies/entities"),
             ("POST", "/admins"),
+            ("GET", "/federation"),
+            ("POST", "/federation/{td}/refresh"),
+            ("DELETE", "/federation/{td}"),
         ] {
             assert!(route_rule(m, r).is_some(), "{m} {r}");
         }

@@ -45,6 +45,16 @@ pub struct ServerConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub federation: FederationSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSection {
+    /// `spiffe_refresh_hint` of the served bundle (default: half the
+    /// default X509-SVID lifetime).
+    pub bundle_refresh_hint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +235,18 @@ impl ServerConfig {
                 .audit
                 .pdp_allow_sample
                 .unwrap_or(crate::authzen_api::ALLOW_SAMPLE),
+            bundle_refresh_hint: match &self.federation.bundle_refresh_hint {
+                Some(_) => Some(
+                    opt_duration(
+                        "federation.bundle_refresh_hint",
+                        &self.federation.bundle_refresh_hint,
+                        Duration::seconds(1),
+                    )?
+                    .max(Duration::seconds(1))
+                    .unsigned_abs(),
+                ),
+                None => None,
+            },
         })
     }
 }

@@ -24,6 +24,7 @@ pub mod authz;
 pub mod authzen_api;
 pub mod config;
 mod error;
+pub mod federation;
 pub mod nodes;
 pub mod policies;
 pub mod runtime;

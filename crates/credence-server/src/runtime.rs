@@ -47,6 +47,9 @@ pub struct Options {
     pub agent_listen: Option<SocketAddr>,
     /// One PDP allow in this many is audited (0: none); denies always are.
     pub pdp_allow_sample: u64,
+    /// `spiffe_refresh_hint` of the served bundle; `None`: half the default
+    /// X509-SVID lifetime.
+    pub bundle_refresh_hint: Option<std::time::Duration>,
 }
 
 /// A running server.
@@ -60,6 +63,7 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
     checkpointer: JoinHandle<()>,
+    refresher: JoinHandle<()>,
 }
 
 impl Running {
@@ -79,6 +83,7 @@ impl Running {
         // checkpoint covers everything committed
         self.service.decision_log.flush().await;
         self.checkpointer.abort();
+        self.refresher.abort();
         if let Err(e) = self.service.checkpoint().await {
             tracing::error!(error = %e, "final audit checkpoint failed");
         }
@@ -167,6 +172,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         .await?,
     );
     svc.load_policies().await?;
+    svc.load_federations().await?;
     svc.set_decision_audit_allows(opts.pdp_allow_sample);
     let std_listener = std::net::TcpListener::bind(opts.listen)
         .map_err(|e| ServerError::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
@@ -185,6 +191,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         svc: svc.clone(),
         admin_token_hash: Service::token_hash(&opts.admin_token),
         base_url: base_url.clone(),
+        bundle_refresh_hint: opts.bundle_refresh_hint,
     };
     let app = router(state);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -239,6 +246,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
             }
         })
     };
+    let refresher = crate::federation::start_refresher(svc.clone());
     let agent_api = match opts.agent_listen {
         Some(a) => Some(crate::agent_api::start(svc.clone(), a).await?),
         None => None,
@@ -248,6 +256,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         agent_addr: agent_api.as_ref().map(|a| a.addr),
         agent_api,
         checkpointer,
+        refresher,
         addr,
         base_url,
         service: svc,

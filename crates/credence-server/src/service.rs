@@ -152,6 +152,8 @@ pub struct Service {
     /// Decision records on their way to the audit log, written in batches
     /// off the request path.
     pub(crate) decision_log: crate::authzen_api::DecisionLog,
+    /// Foreign bundles of federation relationships, checked.
+    pub(crate) federated: crate::federation::Cache,
 }
 
 /// Who an X509-SVID or JWT-SVID is for, once it may be issued.
@@ -252,6 +254,7 @@ impl Service {
                 crate::authzen_api::ALLOW_SAMPLE,
             ),
             decision_log: crate::authzen_api::DecisionLog::start(store_for_log, clock_for_log),
+            federated: crate::federation::Cache::default(),
         })
     }
 
@@ -412,6 +415,7 @@ impl Service {
             selectors: new.selectors.unwrap_or_default(),
             nodes: new.nodes.unwrap_or_default(),
             scopes: check_scopes(new.scopes.unwrap_or_default())?,
+            federates_with: self.check_federates_with(new.federates_with.unwrap_or_default())?,
             max_ttl_seconds: new.max_ttl_seconds,
             status: IdentityStatus::Active,
             created_at: now,
@@ -537,6 +541,10 @@ impl Service {
         if let Some(sc) = change.scopes {
             identity.scopes = check_scopes(sc)?;
             changed.push("scopes");
+        }
+        if let Some(f) = change.federates_with {
+            identity.federates_with = self.check_federates_with(f)?;
+            changed.push("federates_with");
         }
         if let Some(t) = change.max_ttl_seconds {
             check_ttl(t)?;
@@ -1100,6 +1108,9 @@ pub struct NewIdentity {
     /// Scopes its tokens may ever carry (default: none).
     #[serde(default)]
     pub scopes: Option<Vec<credence_core::Scope>>,
+    /// Foreign trust domains whose bundles its workloads receive.
+    #[serde(default)]
+    pub federates_with: Option<Vec<credence_core::TrustDomain>>,
     #[serde(default)]
     pub max_ttl_seconds: Option<u32>,
 }
@@ -1123,6 +1134,8 @@ pub struct IdentityUpdate {
     pub nodes: Option<Vec<NodeId>>,
     #[serde(default)]
     pub scopes: Option<Vec<credence_core::Scope>>,
+    #[serde(default)]
+    pub federates_with: Option<Vec<credence_core::TrustDomain>>,
     #[serde(default, with = "double_option")]
     pub max_ttl_seconds: Option<Option<u32>>,
     #[serde(default)]

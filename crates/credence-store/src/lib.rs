@@ -42,8 +42,8 @@ mod error;
 mod sqlite;
 
 use credence_core::{
-    Admin, AdminName, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Node,
-    RevocationReason, SpiffeId,
+    Admin, AdminName, FederatedBundle, Federation, Identity, IdentityId, IdentityKind,
+    IdentityStatus, JoinToken, Node, RevocationReason, SpiffeId, TrustDomain,
 };
 use time::OffsetDateTime;
 
@@ -353,6 +353,32 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditRecord,
     ) -> Result<(), StoreError>;
     async fn policy_entities(&self) -> Result<Option<String>, StoreError>;
+
+    // ---- SPIFFE federation ----
+
+    /// Adds a relationship; `Conflict` when one with that trust domain exists.
+    async fn create_federation(
+        &self,
+        federation: &Federation,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    async fn get_federation(&self, td: &TrustDomain) -> Result<Option<Federation>, StoreError>;
+    /// Every relationship, by trust domain.
+    async fn list_federations(&self) -> Result<Vec<Federation>, StoreError>;
+    async fn delete_federation(
+        &self,
+        td: &TrustDomain,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Records a refresh: the bundle fetched (with `audit` when it changed,
+    /// in the same transaction) or why it failed (the old bundle stays).
+    async fn record_federation_refresh(
+        &self,
+        td: &TrustDomain,
+        at: OffsetDateTime,
+        outcome: Result<FederatedBundle, String>,
+        audit: Option<AuditRecord>,
+    ) -> Result<(), StoreError>;
 
     // administrators
 

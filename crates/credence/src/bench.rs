@@ -596,6 +596,7 @@ pub(crate) async fn start_server_with(
         rng: Arc::new(credence_ca::SystemRandom),
         checkpoint_interval: Duration::from_secs(1),
         pdp_allow_sample: credence_server::authzen_api::ALLOW_SAMPLE,
+        bundle_refresh_hint: None,
         agent_listen,
     })
     .await

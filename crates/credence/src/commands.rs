@@ -22,15 +22,26 @@ fn cli_err(e: impl std::fmt::Display) -> CliError {
 
 // ---- dev and server ----
 
+/// Settings of `credence dev` beyond where it listens.
+pub struct DevTuning {
+    pub agent_svid_ttl: time::Duration,
+    pub pdp_allow_sample: u64,
+    pub bundle_refresh_hint: Option<std::time::Duration>,
+}
+
 pub async fn dev(
     dir: PathBuf,
     listen: SocketAddr,
     agent_listen: Option<SocketAddr>,
-    agent_svid_ttl: time::Duration,
-    pdp_allow_sample: u64,
+    tuning: DevTuning,
     trust_domain: &str,
     durability: &str,
 ) -> Result<(), CliError> {
+    let DevTuning {
+        agent_svid_ttl,
+        pdp_allow_sample,
+        bundle_refresh_hint,
+    } = tuning;
     let td: TrustDomain = trust_domain.parse().map_err(cli_err)?;
     if !listen.ip().is_loopback() {
         return Err(CliError(format!(
@@ -59,6 +70,7 @@ pub async fn dev(
         checkpoint_interval: std::time::Duration::from_secs(1),
         agent_listen,
         pdp_allow_sample,
+        bundle_refresh_hint,
     })
     .await
     .map_err(cli_err)?;
@@ -194,6 +206,10 @@ pub enum IdentityCmd {
         /// Replace its scopes (repeatable; `none` clears)
         #[arg(long)]
         scope: Vec<String>,
+        /// Replace the foreign trust domains it federates with (repeatable;
+        /// `none` clears)
+        #[arg(long)]
+        federates_with: Vec<String>,
         /// Credential lifetime cap, e.g. 30m
         #[arg(long)]
         max_ttl: Option<String>,
@@ -230,6 +246,10 @@ pub struct IdentityFields {
     /// OAuth scope its tokens may carry (repeatable)
     #[arg(long)]
     scope: Vec<String>,
+    /// A foreign trust domain whose bundle its workloads receive
+    /// (repeatable; see `credence federation`)
+    #[arg(long)]
+    federates_with: Vec<String>,
     /// Credential lifetime cap, e.g. 30m
     #[arg(long)]
     max_ttl: Option<String>,
@@ -285,6 +305,10 @@ fn print_identity(v: &Value) {
         let parts: Vec<&str> = sc.iter().filter_map(Value::as_str).collect();
         println!("scopes:         {}", parts.join(" "));
     }
+    if let Some(f) = v["federates_with"].as_array().filter(|a| !a.is_empty()) {
+        let parts: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
+        println!("federates_with: {}", parts.join(" "));
+    }
     if let Some(t) = v["max_ttl_seconds"].as_u64() {
         println!("max_ttl:        {t}s");
     }
@@ -314,6 +338,7 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
                 "nodes": f.node,
                 "labels": labels_json(&f.label)?,
                 "scopes": f.scope,
+                "federates_with": f.federates_with,
             });
             if let Some(d) = f.description {
                 body["description"] = json!(d);
@@ -393,6 +418,7 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
             selector,
             node,
             scope,
+            federates_with,
             max_ttl,
         } => {
             let mut body = serde_json::Map::new();
@@ -420,6 +446,11 @@ pub async fn identity(c: &Client, cmd: IdentityCmd, json_mode: bool) -> Result<(
                 body.insert("scopes".into(), json!([]));
             } else if !scope.is_empty() {
                 body.insert("scopes".into(), json!(scope));
+            }
+            if federates_with == ["none"] {
+                body.insert("federates_with".into(), json!([]));
+            } else if !federates_with.is_empty() {
+                body.insert("federates_with".into(), json!(federates_with));
             }
             if let Some(t) = max_ttl {
                 body.insert("max_ttl_seconds".into(), json!(ttl_seconds(&t)?));
@@ -850,5 +881,108 @@ pub async fn admin(c: &Client, cmd: AdminCmd, json_mode: bool) -> Result<(), Cli
             });
         }
     }
+    Ok(())
+}
+
+// ---- federation ----
+
+#[derive(Subcommand)]
+pub enum FederationCmd {
+    /// Trust a foreign trust domain: fetch its bundle from its bundle
+    /// endpoint now and whenever its refresh hint says (no restart)
+    Add {
+        #[arg(long)]
+        trust_domain: String,
+        /// https:// URL of its SPIFFE bundle endpoint (http:// only on loopback)
+        #[arg(long)]
+        bundle_endpoint: String,
+        /// https_web (the only profile supported yet)
+        #[arg(long, default_value = "https_web")]
+        profile: String,
+        /// PEM file of extra roots for the endpoint's TLS certificate (a private CA)
+        #[arg(long)]
+        tls_roots: Option<PathBuf>,
+    },
+    /// List federation relationships and their bundles' state
+    List,
+    /// Show one relationship
+    Show { trust_domain: String },
+    /// Stop trusting a trust domain (its bundle stops being handed out at once)
+    Remove { trust_domain: String },
+    /// Fetch a foreign bundle now
+    Refresh { trust_domain: String },
+}
+
+fn print_federation(v: &Value) {
+    let b = &v["bundle"];
+    let state = if b.is_null() {
+        "no bundle yet".to_owned()
+    } else {
+        format!(
+            "sequence {} ({} x509, {} jwt), fetched {}",
+            b["sequence"]
+                .as_u64()
+                .map_or("-".to_owned(), |n| n.to_string()),
+            b["x509_authorities"].as_u64().unwrap_or(0),
+            b["jwt_keys"].as_u64().unwrap_or(0),
+            b["fetched_at"].as_str().unwrap_or("-"),
+        )
+    };
+    println!(
+        "{:<28} {:<12} {}  {}",
+        v["trust_domain"].as_str().unwrap_or(""),
+        v["profile"].as_str().unwrap_or(""),
+        v["bundle_endpoint"].as_str().unwrap_or(""),
+        state
+    );
+    if let Some(e) = v["last_error"].as_str() {
+        println!("  last error: {e}");
+    }
+}
+
+pub async fn federation(c: &Client, cmd: FederationCmd, json_mode: bool) -> Result<(), CliError> {
+    let path = |td: &str| format!("/v1/federation/{}", enc(td));
+    let v = match cmd {
+        FederationCmd::Add {
+            trust_domain,
+            bundle_endpoint,
+            profile,
+            tls_roots,
+        } => {
+            let mut body = json!({
+                "trust_domain": trust_domain,
+                "bundle_endpoint": bundle_endpoint,
+                "profile": profile,
+            });
+            if let Some(f) = tls_roots {
+                let pem = std::fs::read_to_string(&f)
+                    .map_err(|e| CliError(format!("{}: {e}", f.display())))?;
+                body["tls_roots_pem"] = json!(pem);
+            }
+            c.post("/v1/federation", &body).await?
+        }
+        FederationCmd::List => {
+            let v = c.get("/v1/federation").await?;
+            out(json_mode, &v, |v| {
+                for f in v["items"].as_array().into_iter().flatten() {
+                    print_federation(f);
+                }
+            });
+            return Ok(());
+        }
+        FederationCmd::Show { trust_domain } => c.get(&path(&trust_domain)).await?,
+        FederationCmd::Remove { trust_domain } => {
+            c.delete(&path(&trust_domain)).await?;
+            out(json_mode, &json!({"removed": trust_domain}), |_| {
+                println!("removed the federation with {trust_domain}")
+            });
+            return Ok(());
+        }
+        FederationCmd::Refresh { trust_domain } => {
+            c.post(&format!("{}/refresh", path(&trust_domain)), &json!({}))
+                .await?
+        }
+    };
+    out(json_mode, &v, print_federation);
     Ok(())
 }

@@ -90,6 +90,9 @@ enum Cmd {
     /// Nodes: join tokens, list, show, evict
     #[command(subcommand)]
     Node(commands::NodeCmd),
+    /// SPIFFE federation: trust foreign trust domains' bundles
+    #[command(subcommand)]
+    Federation(commands::FederationCmd),
     /// Run the node agent: attest, then serve the SPIFFE Workload API
     Agent(agent_cmd::AgentArgs),
     /// Ask the Workload API what this process gets (X509-SVIDs, JWT-SVIDs)
@@ -134,6 +137,10 @@ struct DevArgs {
     /// Audit one PDP allow in N (0: none, 1: all); every deny is audited
     #[arg(long, default_value_t = credence_server::authzen_api::ALLOW_SAMPLE)]
     pdp_allow_sample: u64,
+    /// `spiffe_refresh_hint` of the served bundle, e.g. 5m (default: half
+    /// the default X509-SVID lifetime); federated peers refetch this often
+    #[arg(long)]
+    bundle_refresh_hint: Option<String>,
 }
 
 fn main() {
@@ -190,12 +197,29 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                         a.agent_svid_ttl
                     ))
                 })?;
+            let bundle_refresh_hint = a
+                .bundle_refresh_hint
+                .as_deref()
+                .map(|h| {
+                    humantime::parse_duration(h)
+                        .ok()
+                        .filter(|d| *d >= std::time::Duration::from_secs(1))
+                        .ok_or_else(|| {
+                            CliError(format!(
+                                "--bundle-refresh-hint {h:?}: expected a duration of at least 1s"
+                            ))
+                        })
+                })
+                .transpose()?;
             commands::dev(
                 data_dir,
                 a.listen,
                 agent_listen,
-                agent_svid_ttl,
-                a.pdp_allow_sample,
+                commands::DevTuning {
+                    agent_svid_ttl,
+                    pdp_allow_sample: a.pdp_allow_sample,
+                    bundle_refresh_hint,
+                },
                 &a.trust_domain,
                 &a.durability,
             )
@@ -248,6 +272,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Ca(c) => commands::ca(&client, c, json).await,
                 Cmd::Node(c) => commands::node(&client, c, json).await,
                 Cmd::Admin(c) => commands::admin(&client, c, json).await,
+                Cmd::Federation(c) => commands::federation(&client, c, json).await,
                 Cmd::Policy(c) => policy_cmd::run(&client, c, json).await,
                 Cmd::Crl { out } => commands::crl(&client, out).await,
                 Cmd::Audit(a) => audit_cmd::run(Some(&client), a, json).await,

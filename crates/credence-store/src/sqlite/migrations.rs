@@ -38,6 +38,11 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "admins scopes",
         include_str!("../../migrations/sqlite/0005_admins_scopes.sql"),
     ),
+    (
+        6,
+        "federation",
+        include_str!("../../migrations/sqlite/0006_federation.sql"),
+    ),
 ];
 
 pub(crate) fn migrator() -> Migrator {

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use credence_core::{
-    Admin, AdminName, Identity, IdentityId, JoinToken, Node, RevocationReason, SpiffeId,
+    Admin, AdminName, FederatedBundle, Federation, Identity, IdentityId, JoinToken, Node,
+    RevocationReason, SpiffeId, TrustDomain,
 };
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
@@ -22,7 +23,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use self::rows::{
-    ADMIN_COLS, AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, IDENTITY_COLS, NODE_COLS, POLICY_COLS, ts,
+    ADMIN_COLS, AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, FEDERATION_COLS, IDENTITY_COLS, NODE_COLS,
+    POLICY_COLS, ts,
 };
 pub use self::writer::GROUP_COMMIT_MAX;
 use self::writer::{BoxFuture, IssueRequest, Msg, WriteOp};
@@ -575,6 +577,59 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.read)
                 .await?,
         )
+    }
+
+    async fn create_federation(
+        &self,
+        federation: &Federation,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let f = federation.clone();
+        self.write(move |c| Box::pin(ops::create_federation(c, f, audit)))
+            .await
+    }
+
+    async fn get_federation(&self, td: &TrustDomain) -> Result<Option<Federation>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {FEDERATION_COLS} FROM federations WHERE trust_domain = ?"
+        )))
+        .bind(td.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::federation).transpose()
+    }
+
+    async fn list_federations(&self) -> Result<Vec<Federation>, StoreError> {
+        self.check_open()?;
+        let found = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {FEDERATION_COLS} FROM federations ORDER BY trust_domain"
+        )))
+        .fetch_all(&self.read)
+        .await?;
+        found.iter().map(rows::federation).collect()
+    }
+
+    async fn delete_federation(
+        &self,
+        td: &TrustDomain,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let td = td.as_str().to_owned();
+        self.write(move |c| Box::pin(ops::delete_federation(c, td, audit)))
+            .await
+    }
+
+    async fn record_federation_refresh(
+        &self,
+        td: &TrustDomain,
+        at: OffsetDateTime,
+        outcome: Result<FederatedBundle, String>,
+        audit: Option<AuditRecord>,
+    ) -> Result<(), StoreError> {
+        let td = td.as_str().to_owned();
+        self.write(move |c| Box::pin(ops::record_federation_refresh(c, td, at, outcome, audit)))
+            .await
     }
 
     async fn create_admin(

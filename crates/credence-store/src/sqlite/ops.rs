@@ -2,7 +2,8 @@
 //! connection (run by the writer task), audit record included.
 
 use credence_core::{
-    Admin, Identity, IdentityId, JoinToken, Node, NodeId, RevocationReason, SpiffeId,
+    Admin, BundleProfile, FederatedBundle, Federation, Identity, IdentityId, JoinToken, Node,
+    NodeId, RevocationReason, SpiffeId,
 };
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{Connection, QueryBuilder, Transaction};
@@ -10,7 +11,8 @@ use time::OffsetDateTime;
 
 use super::log::{Ctx, Staged};
 use super::rows::{
-    self, CREDENTIAL_COLS, labels_json, nodes_json, scopes_json, selectors_json, truncate_ts, ts,
+    self, CREDENTIAL_COLS, labels_json, nodes_json, scopes_json, selectors_json, truncate_ts,
+    trust_domains_json, ts,
 };
 use crate::{AuditRecord, CaRecord, PolicySetRecord, RevokedEntry, StoreError};
 
@@ -76,6 +78,7 @@ pub(crate) async fn create_identity(
     let selectors = selectors_json(&identity.selectors)?;
     let nodes = nodes_json(&identity.nodes)?;
     let scopes = scopes_json(&identity.scopes)?;
+    let federates = trust_domains_json(&identity.federates_with)?;
     let mut tx = begin(&mut ctx.conn).await?;
     if exists(
         &mut tx,
@@ -100,8 +103,8 @@ pub(crate) async fn create_identity(
     }
     sqlx::query(
         "INSERT INTO identities (id, spiffe_id, kind, owner, description, labels_json, \
-         selectors_json, nodes_json, scopes_json, max_ttl_seconds, status, created_at, \
-         updated_at, last_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         selectors_json, nodes_json, scopes_json, federates_with_json, max_ttl_seconds, status, \
+         created_at, updated_at, last_issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(identity.id.as_str())
     .bind(identity.spiffe_id.as_str())
@@ -112,6 +115,7 @@ pub(crate) async fn create_identity(
     .bind(selectors)
     .bind(nodes)
     .bind(scopes)
+    .bind(federates)
     .bind(identity.max_ttl_seconds.map(i64::from))
     .bind(identity.status.as_str())
     .bind(ts(identity.created_at))
@@ -133,6 +137,7 @@ pub(crate) async fn update_identity(
     let selectors = selectors_json(&identity.selectors)?;
     let nodes = nodes_json(&identity.nodes)?;
     let scopes = scopes_json(&identity.scopes)?;
+    let federates = trust_domains_json(&identity.federates_with)?;
     let mut tx = begin(&mut ctx.conn).await?;
     let holder: Option<String> =
         sqlx::query_scalar("SELECT id FROM identities WHERE spiffe_id = ?")
@@ -145,7 +150,7 @@ pub(crate) async fn update_identity(
     let done = sqlx::query(
         "UPDATE identities SET spiffe_id = ?, kind = ?, owner = ?, description = ?, \
          labels_json = ?, selectors_json = ?, nodes_json = ?, scopes_json = ?, \
-         max_ttl_seconds = ?, status = ?, updated_at = ? WHERE id = ?",
+         federates_with_json = ?, max_ttl_seconds = ?, status = ?, updated_at = ? WHERE id = ?",
     )
     .bind(identity.spiffe_id.as_str())
     .bind(identity.kind.as_str())
@@ -155,6 +160,7 @@ pub(crate) async fn update_identity(
     .bind(selectors)
     .bind(nodes)
     .bind(scopes)
+    .bind(federates)
     .bind(identity.max_ttl_seconds.map(i64::from))
     .bind(identity.status.as_str())
     .bind(ts(identity.updated_at))
@@ -621,5 +627,122 @@ pub(crate) async fn delete_admin(
         return Err(StoreError::NotFound(format!("admin {name} not found")));
     }
     commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn create_federation(
+    ctx: &mut Ctx,
+    f: Federation,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    if exists(
+        &mut tx,
+        "SELECT 1 FROM federations WHERE trust_domain = ?",
+        f.trust_domain.as_str(),
+    )
+    .await?
+    {
+        return Err(StoreError::Conflict(format!(
+            "a federation with {} already exists",
+            f.trust_domain
+        )));
+    }
+    let endpoint_id = match &f.profile {
+        BundleProfile::HttpsWeb => None,
+        BundleProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            Some(endpoint_spiffe_id.as_str().to_owned())
+        }
+    };
+    let b = f.bundle.as_ref();
+    let signed = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    sqlx::query(
+        "INSERT INTO federations (trust_domain, bundle_endpoint, profile, endpoint_spiffe_id, \
+         tls_roots_pem, created_at, created_by, bundle_document, bundle_sequence, \
+         bundle_refresh_hint, bundle_fetched_at, last_error, last_attempt_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(f.trust_domain.as_str())
+    .bind(f.bundle_endpoint.as_str())
+    .bind(f.profile.name())
+    .bind(endpoint_id)
+    .bind(f.tls_roots_pem.as_deref())
+    .bind(ts(f.created_at))
+    .bind(f.created_by.as_str())
+    .bind(b.map(|b| b.document.as_str()))
+    .bind(signed(b.and_then(|b| b.sequence)))
+    .bind(signed(b.and_then(|b| b.refresh_hint_seconds)))
+    .bind(b.map(|b| ts(b.fetched_at)))
+    .bind(f.last_error.as_deref())
+    .bind(f.last_attempt_at.map(ts))
+    .execute(&mut *tx)
+    .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn delete_federation(
+    ctx: &mut Ctx,
+    td: String,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    let done = sqlx::query("DELETE FROM federations WHERE trust_domain = ?")
+        .bind(td.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no federation with {td}")));
+    }
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+/// A refresh's outcome: a new bundle (with its audit record when it
+/// changed) or the reason it failed.
+pub(crate) async fn record_federation_refresh(
+    ctx: &mut Ctx,
+    td: String,
+    at: OffsetDateTime,
+    outcome: Result<FederatedBundle, String>,
+    audit: Option<AuditRecord>,
+) -> Result<(), StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    let signed = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+    let done =
+        match &outcome {
+            Ok(b) => {
+                sqlx::query(
+                    "UPDATE federations SET bundle_document = ?, bundle_sequence = ?, \
+                 bundle_refresh_hint = ?, bundle_fetched_at = ?, last_error = NULL, \
+                 last_attempt_at = ? WHERE trust_domain = ?",
+                )
+                .bind(b.document.as_str())
+                .bind(signed(b.sequence))
+                .bind(signed(b.refresh_hint_seconds))
+                .bind(ts(b.fetched_at))
+                .bind(ts(at))
+                .bind(td.as_str())
+                .execute(&mut *tx)
+                .await?
+            }
+            Err(why) => sqlx::query(
+                "UPDATE federations SET last_error = ?, last_attempt_at = ? WHERE trust_domain = ?",
+            )
+            .bind(why.as_str())
+            .bind(ts(at))
+            .bind(td.as_str())
+            .execute(&mut *tx)
+            .await?,
+        };
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("no federation with {td}")));
+    }
+    match audit {
+        Some(a) => {
+            commit_with(tx, &mut ctx.log, &a).await?;
+        }
+        None => tx.commit().await?,
+    }
     Ok(())
 }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use credence_core::{
-    Admin, AdminName, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node,
-    NodeId, NodeStatus, Owner, RevocationReason, Scope, Selector, SpiffeId,
+    Admin, AdminName, BundleEndpointUrl, BundleProfile, FederatedBundle, Federation, Identity,
+    IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId, NodeStatus, Owner,
+    RevocationReason, Scope, Selector, SpiffeId, TrustDomain,
 };
 use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Decode, Row, Type};
@@ -18,7 +19,7 @@ use crate::{
 };
 
 pub(crate) const IDENTITY_COLS: &str = "id, spiffe_id, kind, owner, description, labels_json, \
-     selectors_json, nodes_json, scopes_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
+     selectors_json, nodes_json, scopes_json, federates_with_json, max_ttl_seconds, status, created_at, updated_at, last_issued_at";
 
 pub(crate) const CREDENTIAL_COLS: &str = "serial, kind, identity_id, spiffe_id, issuer, \
      not_before, not_after, key_fingerprint, node_id, revoked_at, revocation_reason";
@@ -119,6 +120,13 @@ pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
         serde_json::from_str(&scopes).map_err(|e| corrupt(T, "scopes_json", e))?;
     let scopes = Scope::parse_list(scopes.iter().map(String::as_str))
         .map_err(|e| corrupt(T, "scopes_json", e))?;
+    let federates: String = get(row, T, "federates_with_json")?;
+    let federates: Vec<String> =
+        serde_json::from_str(&federates).map_err(|e| corrupt(T, "federates_with_json", e))?;
+    let federates_with = federates
+        .iter()
+        .map(|t| TrustDomain::new(t).map_err(|e| corrupt(T, "federates_with_json", e)))
+        .collect::<Result<Vec<_>, _>>()?;
     let max_ttl: Option<i64> = get(row, T, "max_ttl_seconds")?;
     let max_ttl_seconds = max_ttl
         .map(|v| u32::try_from(v).map_err(|e| corrupt(T, "max_ttl_seconds", e)))
@@ -133,6 +141,7 @@ pub(crate) fn identity(row: &SqliteRow) -> Result<Identity, StoreError> {
         selectors,
         nodes,
         scopes,
+        federates_with,
         max_ttl_seconds,
         status: parse::<IdentityStatus>(row, T, "status")?,
         created_at: time_col(row, T, "created_at")?,
@@ -224,6 +233,60 @@ pub(crate) fn join_token(row: &SqliteRow) -> Result<JoinToken, StoreError> {
 
 pub(crate) fn scopes_json(scopes: &[Scope]) -> Result<String, StoreError> {
     serde_json::to_string(scopes).map_err(|e| StoreError::Invalid(format!("scopes: {e}")))
+}
+
+pub(crate) fn trust_domains_json(tds: &[TrustDomain]) -> Result<String, StoreError> {
+    serde_json::to_string(tds).map_err(|e| StoreError::Invalid(format!("trust domains: {e}")))
+}
+
+pub(crate) const FEDERATION_COLS: &str = "trust_domain, bundle_endpoint, profile, \
+     endpoint_spiffe_id, tls_roots_pem, created_at, created_by, bundle_document, bundle_sequence, \
+     bundle_refresh_hint, bundle_fetched_at, last_error, last_attempt_at";
+
+pub(crate) fn federation(row: &SqliteRow) -> Result<Federation, StoreError> {
+    const T: &str = "federations";
+    let profile: String = get(row, T, "profile")?;
+    let endpoint_id: Option<String> = get(row, T, "endpoint_spiffe_id")?;
+    let profile = match (profile.as_str(), endpoint_id) {
+        ("https_web", _) => BundleProfile::HttpsWeb,
+        ("https_spiffe", Some(id)) => BundleProfile::HttpsSpiffe {
+            endpoint_spiffe_id: SpiffeId::parse(&id)
+                .map_err(|e| corrupt(T, "endpoint_spiffe_id", e))?,
+        },
+        (other, _) => {
+            return Err(corrupt(
+                T,
+                "profile",
+                format!("unknown profile {other:?} or missing endpoint SPIFFE ID"),
+            ));
+        }
+    };
+    let document: Option<String> = get(row, T, "bundle_document")?;
+    let unsigned = |col: &str| -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> = get(row, T, col)?;
+        v.map(|v| u64::try_from(v).map_err(|e| corrupt(T, col, e)))
+            .transpose()
+    };
+    let bundle = match document {
+        Some(document) => Some(FederatedBundle {
+            document,
+            sequence: unsigned("bundle_sequence")?,
+            refresh_hint_seconds: unsigned("bundle_refresh_hint")?,
+            fetched_at: time_col(row, T, "bundle_fetched_at")?,
+        }),
+        None => None,
+    };
+    Ok(Federation {
+        trust_domain: parse::<TrustDomain>(row, T, "trust_domain")?,
+        bundle_endpoint: parse::<BundleEndpointUrl>(row, T, "bundle_endpoint")?,
+        profile,
+        tls_roots_pem: get(row, T, "tls_roots_pem")?,
+        created_at: time_col(row, T, "created_at")?,
+        created_by: get(row, T, "created_by")?,
+        bundle,
+        last_error: get(row, T, "last_error")?,
+        last_attempt_at: opt_time_col(row, T, "last_attempt_at")?,
+    })
 }
 
 pub(crate) const ADMIN_COLS: &str =

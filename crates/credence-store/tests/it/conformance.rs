@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 
 use credence_core::{
-    Admin, AdminName, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node,
-    NodeId, NodeStatus, Owner, RevocationReason, Scope, Selector, SpiffeId,
+    Admin, AdminName, BundleEndpointUrl, BundleProfile, FederatedBundle, Federation, Identity,
+    IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId, NodeStatus, Owner,
+    RevocationReason, Scope, Selector, SpiffeId, TrustDomain,
 };
 use credence_store::{
     AuditActor, AuditRecord, CaRecord, CredentialKind, IdentityFilter, IssuedCredential, Outcome,
@@ -75,6 +76,7 @@ pub fn identity(n: u32) -> Identity {
         selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
         nodes: Vec::new(),
         scopes: Vec::new(),
+        federates_with: Vec::new(),
         max_ttl_seconds: Some(3600),
         status: IdentityStatus::Active,
         created_at: t(i64::from(n)),
@@ -1567,6 +1569,134 @@ pub async fn identity_scopes_round_trip(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i));
+}
+
+pub async fn identity_federates_with_round_trip(store: &dyn Store) {
+    let mut i = identity(1);
+    i.federates_with = vec![
+        TrustDomain::new("partner.example").unwrap(),
+        TrustDomain::new("other.example").unwrap(),
+    ];
+    create(store, &i).await;
+    assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i.clone()));
+    i.federates_with.remove(0);
+    i.updated_at = t(50);
+    store
+        .update_identity(&i, audit("identity.update", i.spiffe_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(store.get_identity(&i.id).await.unwrap(), Some(i));
+}
+
+// ---------------------------------------------------------------- federation
+
+pub async fn federation_relationships_and_refreshes(store: &dyn Store) {
+    let web = Federation {
+        trust_domain: TrustDomain::new("b.example").unwrap(),
+        bundle_endpoint: BundleEndpointUrl::parse("https://b.example/bundle").unwrap(),
+        profile: BundleProfile::HttpsWeb,
+        tls_roots_pem: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+        created_at: t(1),
+        created_by: "admin".into(),
+        bundle: None,
+        last_error: None,
+        last_attempt_at: None,
+    };
+    let spiffe = Federation {
+        trust_domain: TrustDomain::new("a.example").unwrap(),
+        bundle_endpoint: BundleEndpointUrl::parse("https://a.example:8443/").unwrap(),
+        profile: BundleProfile::HttpsSpiffe {
+            endpoint_spiffe_id: SpiffeId::parse("spiffe://a.example/bundle-server").unwrap(),
+        },
+        tls_roots_pem: None,
+        created_at: t(2),
+        created_by: "admin".into(),
+        bundle: Some(FederatedBundle {
+            document: r#"{"keys":[]}"#.into(),
+            sequence: Some(1),
+            refresh_hint_seconds: None,
+            fetched_at: t(2),
+        }),
+        last_error: None,
+        last_attempt_at: Some(t(2)),
+    };
+    let before = store.audit_count().await.unwrap();
+    for f in [&web, &spiffe] {
+        store
+            .create_federation(f, audit("federation.add", f.trust_domain.as_str()))
+            .await
+            .unwrap();
+    }
+    let err = store
+        .create_federation(&web, audit("federation.add", "b.example"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        store.list_federations().await.unwrap(),
+        vec![spiffe.clone(), web.clone()]
+    );
+    assert_eq!(
+        store.get_federation(&web.trust_domain).await.unwrap(),
+        Some(web.clone())
+    );
+
+    // a failure keeps the old bundle and is not an audit event
+    store
+        .record_federation_refresh(&spiffe.trust_domain, t(10), Err("timed out".into()), None)
+        .await
+        .unwrap();
+    let got = store
+        .get_federation(&spiffe.trust_domain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bundle, spiffe.bundle);
+    assert_eq!(got.last_error.as_deref(), Some("timed out"));
+    assert_eq!(got.last_attempt_at, Some(t(10)));
+
+    // a new bundle clears the error and commits with its audit record
+    let fresh = FederatedBundle {
+        document: r#"{"keys":[{"kty":"EC"}]}"#.into(),
+        sequence: Some(2),
+        refresh_hint_seconds: Some(300),
+        fetched_at: t(20),
+    };
+    store
+        .record_federation_refresh(
+            &spiffe.trust_domain,
+            t(20),
+            Ok(fresh.clone()),
+            Some(audit("federation.bundle", "a.example")),
+        )
+        .await
+        .unwrap();
+    let got = store
+        .get_federation(&spiffe.trust_domain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bundle, Some(fresh));
+    assert_eq!(got.last_error, None);
+
+    let missing = TrustDomain::new("nope.example").unwrap();
+    let err = store
+        .record_federation_refresh(&missing, t(30), Err("x".into()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    store
+        .delete_federation(&web.trust_domain, audit("federation.remove", "b.example"))
+        .await
+        .unwrap();
+    let err = store
+        .delete_federation(&web.trust_domain, audit("federation.remove", "b.example"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(store.get_federation(&web.trust_domain).await.unwrap(), None);
+    // two adds, one changed bundle, one removal
+    assert_eq!(store.audit_count().await.unwrap() - before, 4);
 }
 
 // ---------------------------------------------------------------- admins

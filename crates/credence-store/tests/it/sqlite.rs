@@ -60,6 +60,8 @@ conformance_suite! {
         evict_node_revokes_its_credentials,
         identity_nodes_round_trip,
         identity_scopes_round_trip,
+        identity_federates_with_round_trip,
+        federation_relationships_and_refreshes,
         admins_create_find_delete,
         policy_sets_versions_and_activation,
     ];
