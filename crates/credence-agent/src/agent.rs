@@ -49,7 +49,24 @@ struct State {
     trust_domain_id: String,
     bundle_der: Arc<Vec<u8>>,
     jwks: Vec<u8>,
+    federated: std::collections::BTreeMap<String, crate::upstream::FederatedBundle>,
     svids: Vec<Svid>,
+}
+
+impl State {
+    /// The foreign trust domains the workload's identities federate with.
+    fn federated_for(&self, selectors: &[Selector], now: OffsetDateTime) -> Vec<&str> {
+        let mut tds: Vec<&str> = self
+            .svids
+            .iter()
+            .filter(|x| now < x.not_after && matches(&x.spec.selectors, selectors))
+            .flat_map(|x| x.spec.federates_with.iter().map(String::as_str))
+            .filter(|td| self.federated.contains_key(*td))
+            .collect();
+        tds.sort_unstable();
+        tds.dedup();
+        tds
+    }
 }
 
 struct CachedJwt {
@@ -184,7 +201,9 @@ impl<U: Upstream> Agent<U> {
         let mut bundle_changed = false;
         // a snapshot: the cache keeps serving while this refresh signs
         if let Ok(s) = self.state.read() {
-            bundle_changed = *s.bundle_der != *synced.bundle_der || s.jwks != synced.jwks;
+            bundle_changed = *s.bundle_der != *synced.bundle_der
+                || s.jwks != synced.jwks
+                || s.federated != synced.federated;
             if !bundle_changed {
                 // one shared copy of the bundle across all SVIDs
                 synced.bundle_der = s.bundle_der.clone();
@@ -291,6 +310,7 @@ impl<U: Upstream> Agent<U> {
             s.trust_domain_id = synced.trust_domain_id.clone();
             s.bundle_der = synced.bundle_der.clone();
             s.jwks = synced.jwks.clone();
+            s.federated = synced.federated.clone();
             s.svids = svids;
         }
     }
@@ -352,17 +372,42 @@ impl<U: Upstream> Provider for Agent<U> {
             .unwrap_or_default()
     }
 
-    fn x509_bundles(&self) -> HashMap<String, Vec<u8>> {
+    fn x509_bundles(&self, selectors: &[Selector]) -> HashMap<String, Vec<u8>> {
+        let now = self.clock.now();
         self.state
             .read()
-            .map(|s| HashMap::from([(s.trust_domain_id.clone(), s.bundle_der.to_vec())]))
+            .map(|s| {
+                let mut out = HashMap::from([(s.trust_domain_id.clone(), s.bundle_der.to_vec())]);
+                for td in s.federated_for(selectors, now) {
+                    if let Some(b) = s.federated.get(td) {
+                        out.insert(td.to_owned(), b.x509_der.to_vec());
+                    }
+                }
+                out
+            })
             .unwrap_or_default()
     }
 
-    fn jwt_bundles(&self) -> HashMap<String, Vec<u8>> {
+    fn jwt_bundles(&self, selectors: &[Selector]) -> HashMap<String, Vec<u8>> {
+        let now = self.clock.now();
         self.state
             .read()
-            .map(|s| HashMap::from([(s.trust_domain_id.clone(), s.jwks.clone())]))
+            .map(|s| {
+                let mut out = HashMap::from([(s.trust_domain_id.clone(), s.jwks.clone())]);
+                for td in s.federated_for(selectors, now) {
+                    if let Some(b) = s.federated.get(td) {
+                        out.insert(td.to_owned(), b.jwks.clone());
+                    }
+                }
+                out
+            })
+            .unwrap_or_default()
+    }
+
+    fn trust_domain_id(&self) -> String {
+        self.state
+            .read()
+            .map(|s| s.trust_domain_id.clone())
             .unwrap_or_default()
     }
 
@@ -407,6 +452,7 @@ mod tests {
         fail_sign: Mutex<bool>,
         next: Mutex<u32>,
         tx: watch::Sender<u64>,
+        federated: Mutex<std::collections::BTreeMap<String, crate::upstream::FederatedBundle>>,
     }
 
     impl Upstream for Arc<Fake> {
@@ -418,6 +464,7 @@ mod tests {
                     bundle_der: Arc::new(vec![1, 2, 3]),
                     jwks: b"{}".to_vec(),
                     revoked: self.revoked.lock().unwrap().clone(),
+                    federated: self.federated.lock().unwrap().clone(),
                 })
             })
         }
@@ -458,6 +505,7 @@ mod tests {
             spiffe_id: format!("spiffe://example.org/{id}"),
             selectors: vec![Selector::parse("unix:uid:1").unwrap()],
             revision: rev.into(),
+            federates_with: vec![],
         }
     }
 
@@ -474,6 +522,63 @@ mod tests {
         v
     }
 
+    /// A foreign bundle goes only to workloads whose identities federate
+    /// with its trust domain, and a changed foreign bundle is a change.
+    #[tokio::test]
+    async fn federated_bundles_reach_only_workloads_that_federate() {
+        let clock = ManualClock::new(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
+        let mut a = spec("a", "1");
+        a.federates_with = vec!["spiffe://partner.example".into()];
+        let mut b = spec("b", "1");
+        b.selectors = vec![Selector::parse("unix:uid:2").unwrap()];
+        let bundle = |n: u8| crate::upstream::FederatedBundle {
+            x509_der: Arc::new(vec![n]),
+            jwks: format!("{{\"keys\":[],\"n\":{n}}}").into_bytes(),
+        };
+        let fake = Arc::new(Fake {
+            clock: clock.clone(),
+            entries: Mutex::new(vec![a, b]),
+            revoked: Mutex::new(vec![]),
+            fail_sign: Mutex::new(false),
+            next: Mutex::new(0),
+            tx: watch::channel(0).0,
+            federated: Mutex::new(
+                [
+                    ("spiffe://partner.example".to_owned(), bundle(1)),
+                    ("spiffe://other.example".to_owned(), bundle(9)),
+                ]
+                .into(),
+            ),
+        });
+        let agent = Agent::with_clock(fake.clone(), clock.clone());
+        agent.refresh().await.unwrap();
+        let uid1 = [Selector::parse("unix:uid:1").unwrap()];
+        let uid2 = [Selector::parse("unix:uid:2").unwrap()];
+        let got = agent.x509_bundles(&uid1);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["spiffe://partner.example"], vec![1]);
+        assert!(got.contains_key("spiffe://example.org"));
+        assert_eq!(agent.jwt_bundles(&uid1).len(), 2);
+        // b federates with nothing; nobody federates with other.example
+        assert_eq!(agent.x509_bundles(&uid2).len(), 1);
+        assert_eq!(agent.trust_domain_id(), "spiffe://example.org");
+
+        let mut changes = agent.changes();
+        changes.borrow_and_update();
+        fake.federated
+            .lock()
+            .unwrap()
+            .insert("spiffe://partner.example".to_owned(), bundle(2));
+        agent.refresh().await.unwrap();
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(
+            agent.x509_bundles(&uid1)["spiffe://partner.example"],
+            vec![2]
+        );
+        // no SVID was re-signed for a bundle change
+        assert_eq!(serials(&agent), ["s1", "s2"]);
+    }
+
     #[tokio::test]
     async fn rotates_at_half_life_replaces_revoked_and_survives_outages() {
         let clock = ManualClock::new(OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap());
@@ -484,6 +589,7 @@ mod tests {
             fail_sign: Mutex::new(false),
             next: Mutex::new(0),
             tx: watch::channel(0).0,
+            federated: Mutex::default(),
         });
         let agent = Agent::with_clock(fake.clone(), clock.clone());
         let me = [Selector::parse("unix:uid:1").unwrap()];

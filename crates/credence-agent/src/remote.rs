@@ -574,6 +574,9 @@ struct WireSync {
     bundle_pem: String,
     jwks: Value,
     revoked: Vec<String>,
+    /// Absent from servers before federation.
+    #[serde(default)]
+    federated: Vec<WireFederated>,
 }
 
 #[derive(Deserialize)]
@@ -581,6 +584,16 @@ struct WireEntry {
     spiffe_id: String,
     selectors: Vec<Selector>,
     updated_at: String,
+    /// Trust domain names.
+    #[serde(default)]
+    federates_with: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct WireFederated {
+    trust_domain: String,
+    bundle_pem: String,
+    jwks: Value,
 }
 
 fn pem_to_der_concat(pem_text: &str) -> Result<Vec<u8>, AgentError> {
@@ -615,11 +628,29 @@ impl Upstream for Arc<RemoteUpstream> {
                         spiffe_id: e.spiffe_id,
                         selectors: e.selectors,
                         revision: e.updated_at,
+                        federates_with: e
+                            .federates_with
+                            .iter()
+                            .map(|td| format!("spiffe://{td}"))
+                            .collect(),
                     })
                     .collect(),
                 bundle_der: Arc::new(pem_to_der_concat(bundle_pem)?),
                 jwks: v.jwks.to_string().into_bytes(),
                 revoked: v.revoked,
+                federated: v
+                    .federated
+                    .into_iter()
+                    .map(|f| {
+                        Ok((
+                            format!("spiffe://{}", f.trust_domain),
+                            crate::upstream::FederatedBundle {
+                                x509_der: Arc::new(pem_to_der_concat(&f.bundle_pem)?),
+                                jwks: f.jwks.to_string().into_bytes(),
+                            },
+                        ))
+                    })
+                    .collect::<Result<_, AgentError>>()?,
             })
         })
     }

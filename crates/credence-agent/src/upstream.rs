@@ -32,6 +32,18 @@ pub struct EntrySpec {
     pub selectors: Vec<Selector>,
     /// Changes whenever the registration does (then the SVID is re-issued).
     pub revision: String,
+    /// Foreign trust domain IDs (`spiffe://td`) whose bundles its
+    /// workloads receive.
+    pub federates_with: Vec<String>,
+}
+
+/// A foreign trust domain's bundle, for the workloads that federate with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederatedBundle {
+    /// CA certificates, DER concatenated.
+    pub x509_der: std::sync::Arc<Vec<u8>>,
+    /// JWKS document of its JWT authorities.
+    pub jwks: Vec<u8>,
 }
 
 /// One answer to a sync.
@@ -46,6 +58,9 @@ pub struct Synced {
     pub jwks: Vec<u8>,
     /// The held serials that are revoked.
     pub revoked: Vec<String>,
+    /// Bundles of the foreign trust domains the entries federate with, by
+    /// trust domain ID.
+    pub federated: std::collections::BTreeMap<String, FederatedBundle>,
 }
 
 /// A signed X509-SVID.

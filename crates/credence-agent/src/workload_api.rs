@@ -65,10 +65,14 @@ pub struct JwtMaterial {
 pub trait Provider: Send + Sync + 'static {
     /// X509-SVIDs of every identity whose selectors the workload matches.
     fn x509_svids(&self, selectors: &[Selector]) -> Vec<X509Material>;
-    /// X.509 bundles (concatenated DER) by trust domain ID (`spiffe://td`).
-    fn x509_bundles(&self) -> HashMap<String, Vec<u8>>;
-    /// JWKS documents by trust domain ID.
-    fn jwt_bundles(&self) -> HashMap<String, Vec<u8>>;
+    /// X.509 bundles (concatenated DER) by trust domain ID (`spiffe://td`):
+    /// the agent's own, and those of the foreign trust domains the
+    /// identities of a workload with these selectors federate with.
+    fn x509_bundles(&self, selectors: &[Selector]) -> HashMap<String, Vec<u8>>;
+    /// JWKS documents by trust domain ID, chosen as for [`Provider::x509_bundles`].
+    fn jwt_bundles(&self, selectors: &[Selector]) -> HashMap<String, Vec<u8>>;
+    /// The agent's own trust domain ID.
+    fn trust_domain_id(&self) -> String;
     /// CRLs (DER) to hand to workloads.
     fn crls(&self) -> Vec<Vec<u8>> {
         Vec::new()
@@ -203,6 +207,8 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
                     "no identity issued to this workload",
                 ));
             }
+            let mut federated = provider.x509_bundles(&selectors);
+            federated.remove(&provider.trust_domain_id());
             Ok(pb::X509svidResponse {
                 svids: svids
                     .into_iter()
@@ -215,7 +221,7 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
                     })
                     .collect(),
                 crl: provider.crls(),
-                federated_bundles: HashMap::new(),
+                federated_bundles: federated,
             })
         });
         Ok(Response::new(stream))
@@ -232,7 +238,7 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
             entitled(provider.as_ref(), &selectors)?;
             Ok(pb::X509BundlesResponse {
                 crl: provider.crls(),
-                bundles: provider.x509_bundles(),
+                bundles: provider.x509_bundles(&selectors),
             })
         });
         Ok(Response::new(stream))
@@ -247,7 +253,7 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
         let stream = watch_stream(provider.changes(), move || {
             entitled(provider.as_ref(), &selectors)?;
             Ok(pb::JwtBundlesResponse {
-                bundles: provider.jwt_bundles(),
+                bundles: provider.jwt_bundles(&selectors),
             })
         });
         Ok(Response::new(stream))
@@ -305,9 +311,12 @@ impl<P: Provider> SpiffeWorkloadApi for WorkloadApi<P> {
         if req.svid.is_empty() {
             return Err(Status::invalid_argument("svid must not be empty"));
         }
-        let (spiffe_id, claims) =
-            crate::jwt::validate(&req.svid, &req.audience, &self.provider.jwt_bundles())
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (spiffe_id, claims) = crate::jwt::validate(
+            &req.svid,
+            &req.audience,
+            &self.provider.jwt_bundles(&selectors),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(pb::ValidateJwtsvidResponse {
             spiffe_id,
             claims: Some(claims),

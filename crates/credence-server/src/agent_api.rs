@@ -249,6 +249,12 @@ async fn sync(
     let entries = st.svc.node_entries(&node.id).await?;
     let revoked = st.svc.revoked_among(&req.held).await?;
     let auth = st.svc.authority();
+    let federated: Vec<Value> = st
+        .svc
+        .federated_bundles_of(&entries)
+        .iter()
+        .map(|(td, b)| json!({"trust_domain": td, "bundle_pem": b.x509_pem(), "jwks": b.jwks()}))
+        .collect();
     Ok(Json(json!({
         "seq": seq,
         "node": node,
@@ -257,6 +263,7 @@ async fn sync(
         "bundle_pem": auth.bundle_pem(),
         "jwks": auth.jwks(),
         "revoked": revoked,
+        "federated": federated,
     })))
 }
 

@@ -534,6 +534,21 @@ impl Service {
         wait.max(MIN_REFRESH)
     }
 
+    /// The checked bundles of the foreign trust domains these identities
+    /// federate with (for a node's agent).
+    pub fn federated_bundles_of(
+        &self,
+        entries: &[crate::nodes::NodeEntry],
+    ) -> Vec<(TrustDomain, Arc<ParsedBundle>)> {
+        let mut tds: Vec<TrustDomain> = entries
+            .iter()
+            .flat_map(|i| i.federates_with.iter().cloned())
+            .collect();
+        tds.sort();
+        tds.dedup();
+        self.federated_bundles(&tds)
+    }
+
     /// The checked bundles of these foreign trust domains (those with a
     /// relationship and a bundle).
     pub fn federated_bundles(&self, tds: &[TrustDomain]) -> Vec<(TrustDomain, Arc<ParsedBundle>)> {

@@ -46,6 +46,8 @@ pub struct NodeEntry {
     pub id: IdentityId,
     pub spiffe_id: SpiffeId,
     pub selectors: Vec<credence_core::Selector>,
+    /// Foreign trust domains whose bundles its workloads receive.
+    pub federates_with: Vec<credence_core::TrustDomain>,
     /// Changes whenever the identity does.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
@@ -349,6 +351,7 @@ impl Service {
                         id: i.id,
                         spiffe_id: i.spiffe_id,
                         selectors: i.selectors,
+                        federates_with: i.federates_with,
                         updated_at: i.updated_at,
                     }),
             );

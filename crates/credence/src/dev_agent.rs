@@ -54,16 +54,31 @@ impl Upstream for LocalUpstream {
             Ok(Synced {
                 trust_domain_id: auth.trust_domain.id_string(),
                 entries: entries
-                    .into_iter()
+                    .iter()
                     .map(|e| EntrySpec {
                         spiffe_id: e.spiffe_id.to_string(),
-                        selectors: e.selectors,
+                        selectors: e.selectors.clone(),
                         revision: e.updated_at.unix_timestamp_nanos().to_string(),
+                        federates_with: e.federates_with.iter().map(|t| t.id_string()).collect(),
                     })
                     .collect(),
                 bundle_der: Arc::new(pem_der(auth.bundle_pem())),
                 jwks: auth.jwks().to_string().into_bytes(),
                 revoked,
+                federated: self
+                    .svc
+                    .federated_bundles_of(&entries)
+                    .into_iter()
+                    .map(|(td, b)| {
+                        (
+                            td.id_string(),
+                            credence_agent::upstream::FederatedBundle {
+                                x509_der: Arc::new(b.x509_der()),
+                                jwks: b.jwks().to_string().into_bytes(),
+                            },
+                        )
+                    })
+                    .collect(),
             })
         })
     }

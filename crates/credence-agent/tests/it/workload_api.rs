@@ -43,10 +43,13 @@ impl Provider for Mem {
             .map(|(_, m)| m.clone())
             .collect()
     }
-    fn x509_bundles(&self) -> HashMap<String, Vec<u8>> {
+    fn x509_bundles(&self, _: &[Selector]) -> HashMap<String, Vec<u8>> {
         HashMap::from([("spiffe://example.org".to_owned(), vec![1, 2, 3])])
     }
-    fn jwt_bundles(&self) -> HashMap<String, Vec<u8>> {
+    fn trust_domain_id(&self) -> String {
+        "spiffe://example.org".to_owned()
+    }
+    fn jwt_bundles(&self, _: &[Selector]) -> HashMap<String, Vec<u8>> {
         HashMap::from([(
             "spiffe://example.org".to_owned(),
             br#"{"keys":[]}"#.to_vec(),

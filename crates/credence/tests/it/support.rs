@@ -23,6 +23,11 @@ impl Dev {
 
     /// Starts with extra `credence dev` flags.
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_domain(dir, "example.org", extra)
+    }
+
+    /// Starts a server of trust domain `td`, with extra `credence dev` flags.
+    pub fn start_domain(dir: tempfile::TempDir, td: &str, extra: &[&str]) -> Self {
         let _ = std::fs::remove_file(dir.path().join("addr"));
         let child = Command::new(BIN)
             .args([
@@ -32,7 +37,7 @@ impl Dev {
                 "--agent-listen",
                 "127.0.0.1:0",
                 "--trust-domain",
-                "example.org",
+                td,
             ])
             .args(extra)
             .arg("--data-dir")

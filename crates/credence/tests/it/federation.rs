@@ -1,0 +1,234 @@
+//! SPIFFE federation between two Credence servers (two `credence dev`
+//! processes, trust domains a.example and b.example): each fetches the
+//! other's bundle from its bundle endpoint; a workload of A authenticates
+//! by mutual TLS to a service of B, the service trusting A through B's
+//! federated copy of A's bundle as B's Workload API hands it out (fetched
+//! with py-spiffe, handshake by Python's ssl module). A CA rotation in A
+//! reaches B without a restart.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{Dev, have_py};
+
+const PY_FEDERATED_MTLS: &str = r#"
+import os, socket, ssl, sys, threading
+from cryptography.hazmat.primitives import serialization
+from spiffe import WorkloadApiClient
+
+a_sock, b_sock, out_dir, client_id, server_id = sys.argv[1:6]
+ca = WorkloadApiClient(socket_path="unix://" + a_sock)
+cb = WorkloadApiClient(socket_path="unix://" + b_sock)
+a_svids = {str(s.spiffe_id): s for s in ca.fetch_x509_svids()}
+b_svids = {str(s.spiffe_id): s for s in cb.fetch_x509_svids()}
+client, server = a_svids[client_id], b_svids[server_id]
+# what each side's own agent gives it for the other trust domain
+def bundle_of(c, td):
+    try:
+        return c.fetch_x509_bundles().get_bundle_for_trust_domain(td)
+    except Exception:
+        return None
+
+a_at_b = bundle_of(cb, client.spiffe_id.trust_domain)
+b_at_a = bundle_of(ca, server.spiffe_id.trust_domain)
+print("a-at-b", 0 if a_at_b is None else len(a_at_b.x509_authorities))
+print("b-at-a", 0 if b_at_a is None else len(b_at_a.x509_authorities))
+if a_at_b is None or b_at_a is None:
+    sys.exit(0)
+
+def pem(certs):
+    return b"".join(x.public_bytes(serialization.Encoding.PEM) for x in certs)
+
+def write(name, data):
+    p = os.path.join(out_dir, name)
+    with open(p, "wb") as f:
+        f.write(data)
+    return p
+
+def save(prefix, svid):
+    key = svid.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return write(prefix + ".pem", pem(svid.cert_chain)), write(prefix + ".key", key)
+
+srv_cert, srv_key = save("server", server)
+cli_cert, cli_key = save("client", client)
+
+def uri(peer):
+    return [v for k, v in peer.get("subjectAltName", ()) if k == "URI"]
+
+srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+srv.load_cert_chain(srv_cert, srv_key)
+srv.load_verify_locations(write("a-at-b.pem", pem(a_at_b.x509_authorities)))
+srv.verify_mode = ssl.CERT_REQUIRED
+cli = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+cli.check_hostname = False  # SPIFFE: authorize by SPIFFE ID, not hostname
+cli.load_cert_chain(cli_cert, cli_key)
+cli.load_verify_locations(write("b-at-a.pem", pem(b_at_a.x509_authorities)))
+
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(1)
+result = {}
+
+def serve():
+    conn, _ = ls.accept()
+    try:
+        with srv.wrap_socket(conn, server_side=True) as s:
+            result["server"] = "ok " + " ".join(uri(s.getpeercert()))
+            s.recv(1)
+            s.sendall(b"k")
+    except Exception as e:
+        result["server"] = "error " + str(e)
+
+t = threading.Thread(target=serve)
+t.start()
+try:
+    with socket.create_connection(ls.getsockname()) as raw:
+        with cli.wrap_socket(raw) as s:
+            peer = " ".join(uri(s.getpeercert()))
+            s.sendall(b"x")
+            print("client ok" if s.recv(1) == b"k" else "client closed", peer)
+except Exception as e:
+    print("client error", e)
+t.join()
+print("server", result.get("server"))
+"#;
+
+fn register(dev: &Dev, spiffe_id: &str, federates_with: &str) {
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        spiffe_id,
+        "--kind",
+        "workload",
+        "--owner",
+        "o",
+        "--selector",
+        &format!("unix:uid:{uid}"),
+        "--federates-with",
+        federates_with,
+    ]);
+}
+
+fn sequence(dev: &Dev, td: &str) -> Option<u64> {
+    dev.json(&["federation", "show", td])["bundle"]["sequence"].as_u64()
+}
+
+#[test]
+fn two_servers_federate_and_a_workload_of_a_authenticates_to_a_service_of_b() {
+    if !have_py("spiffe") || !have_py("cryptography") {
+        return;
+    }
+    let hint = ["--bundle-refresh-hint", "1s"];
+    let a = Dev::start_domain(tempfile::tempdir().unwrap(), "a.example", &hint);
+    let b = Dev::start_domain(tempfile::tempdir().unwrap(), "b.example", &hint);
+    // each trusts the other (plain HTTP is accepted for loopback endpoints)
+    let out = b.ok(&[
+        "federation",
+        "add",
+        "--trust-domain",
+        "a.example",
+        "--bundle-endpoint",
+        &format!("{}/bundle", a.url),
+    ]);
+    assert!(out.contains("a.example") && out.contains("1 x509"), "{out}");
+    a.ok(&[
+        "federation",
+        "add",
+        "--trust-domain",
+        "b.example",
+        "--bundle-endpoint",
+        &format!("{}/bundle", b.url),
+    ]);
+    register(&a, "spiffe://a.example/client", "b.example");
+    register(&b, "spiffe://b.example/service", "a.example");
+
+    let work = tempfile::tempdir().unwrap();
+    let run = || {
+        let o = Command::new("python3")
+            .args(["-c", PY_FEDERATED_MTLS])
+            .arg(a.path().join("agent.sock"))
+            .arg(b.path().join("agent.sock"))
+            .arg(work.path())
+            .args(["spiffe://a.example/client", "spiffe://b.example/service"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (
+            o.status.success(),
+            format!("{out}\n{}", String::from_utf8_lossy(&o.stderr)),
+        )
+    };
+    // the in-process agents mint the SVIDs and pick up the bundles
+    let t0 = Instant::now();
+    let mut got = run();
+    while !(got.0 && got.1.contains("server ok")) && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        got = run();
+    }
+    let out = got.1;
+    assert!(
+        out.contains("a-at-b 1") && out.contains("b-at-a 1"),
+        "{out}"
+    );
+    assert!(out.contains("server ok spiffe://a.example/client"), "{out}");
+    assert!(
+        out.contains("client ok spiffe://b.example/service"),
+        "{out}"
+    );
+
+    // a rotation in A reaches B without restarting anything
+    let before = sequence(&b, "a.example").unwrap();
+    let a_seq = |dev: &Dev| {
+        dev.http().get_public("/bundle").json()["spiffe_sequence"]
+            .as_u64()
+            .unwrap()
+    };
+    a.ok(&["ca", "rotate"]);
+    let rotated = a_seq(&a);
+    assert!(rotated > before);
+    let t0 = Instant::now();
+    while sequence(&b, "a.example") != Some(rotated) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "B did not pick up A's rotated bundle"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the change is in B's audit log
+    let found = b.ok(&["audit", "search", "--action", "federation.bundle"]);
+    assert!(found.lines().count() >= 2, "{found}");
+    // a workload of A with an SVID from the new intermediate still gets in
+    a.ok(&[
+        "identity",
+        "update",
+        "spiffe://a.example/client",
+        "--description",
+        "re-issue",
+    ]);
+    let t0 = Instant::now();
+    let mut got = run();
+    while !(got.0 && got.1.contains("server ok")) && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        got = run();
+    }
+    assert!(
+        got.1.contains("server ok spiffe://a.example/client"),
+        "{}",
+        got.1
+    );
+
+    // removing the relationship stops handing out A's bundle in B
+    b.ok(&["federation", "remove", "a.example"]);
+    let t0 = Instant::now();
+    loop {
+        let (_, out) = run();
+        if out.contains("a-at-b 0") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
