@@ -171,6 +171,22 @@ pub fn parse_bundle(doc: &[u8]) -> Result<ParsedBundle, String> {
     Ok(out)
 }
 
+/// A bundle's sequence never goes back: an older bundle served again (by
+/// whoever controls the endpoint) would bring back keys the foreign domain
+/// retired. A domain that really restarted its numbering is re-added.
+pub fn check_sequence(stored: Option<u64>, fetched: Option<u64>) -> Result<(), String> {
+    match (stored, fetched) {
+        (Some(old), Some(new)) if new < old => Err(format!(
+            "bundle sequence went back from {old} to {new}; keeping the stored bundle \
+             (remove and re-add the relationship if the trust domain restarted its numbering)"
+        )),
+        (Some(old), None) => Err(format!(
+            "bundle has no spiffe_sequence where the stored one had {old}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// When a relationship is next due for a fetch.
 pub fn next_refresh(f: &Federation) -> OffsetDateTime {
     let clamp = |s: u64| Duration::from_secs(s).clamp(MIN_REFRESH, MAX_REFRESH);
@@ -436,8 +452,12 @@ impl Service {
     /// recorded (the last good bundle stays in use).
     pub async fn refresh_federation(&self, td: &TrustDomain) -> Result<Federation, ServerError> {
         let f = self.get_federation(td).await?;
+        let stored_sequence = f.bundle.as_ref().and_then(|b| b.sequence);
         let fetched = match fetch(&f).await {
-            Ok(doc) => parse_bundle(&doc).map(|p| (doc, p)),
+            Ok(doc) => parse_bundle(&doc).and_then(|p| {
+                check_sequence(stored_sequence, p.sequence)?;
+                Ok((doc, p))
+            }),
             Err(e) => Err(e),
         };
         let now = self.clock.now();
@@ -670,6 +690,20 @@ mod tests {
         assert!(parse_bundle(b"{").unwrap_err().contains("not JSON"));
         let big = vec![b' '; MAX_BUNDLE_BYTES + 1];
         assert!(parse_bundle(&big).unwrap_err().contains("larger than"));
+    }
+
+    #[test]
+    fn bundle_sequence_never_goes_back() {
+        assert!(check_sequence(None, None).is_ok());
+        assert!(check_sequence(None, Some(3)).is_ok());
+        assert!(check_sequence(Some(3), Some(3)).is_ok());
+        assert!(check_sequence(Some(3), Some(4)).is_ok());
+        assert!(
+            check_sequence(Some(3), Some(2))
+                .unwrap_err()
+                .contains("went back from 3 to 2")
+        );
+        assert!(check_sequence(Some(3), None).is_err());
     }
 
     #[test]
