@@ -16,10 +16,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use futures::future::BoxFuture;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -32,75 +29,6 @@ use crate::agent::key_and_csr;
 use crate::upstream::{AgentError, EntrySpec, Signed, SignedJwt, Synced, Upstream};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Verifies the server's certificate chain against the bundle and its
-/// SPIFFE ID.
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Vec<CertificateDer<'static>>,
-    expected: SpiffeId,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let anchors: Vec<_> = self
-            .roots
-            .iter()
-            .filter_map(|r| webpki::anchor_from_trusted_cert(r).ok())
-            .collect();
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
-        cert.verify_for_usage(
-            self.algs.all,
-            &anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
-        let info = credence_ca::x509::svid_info(end_entity)
-            .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
-        if info.spiffe_id != self.expected {
-            return Err(rustls::Error::General(format!(
-                "server presented {} instead of {}",
-                info.spiffe_id, self.expected
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
 
 fn pem_certs(pem_text: &str) -> Result<Vec<CertificateDer<'static>>, AgentError> {
     let blocks = pem::parse_many(pem_text.as_bytes())
@@ -129,12 +57,12 @@ fn client(
     svid: Option<&AgentSvid>,
 ) -> Result<reqwest::Client, AgentError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = SpiffeServerVerifier {
-        roots: bundle.to_vec(),
-        expected: SpiffeId::from_parts(td, "/credence/server")
+    let verifier = credence_ca::tls::SpiffeServerVerifier::new(
+        bundle.to_vec(),
+        SpiffeId::from_parts(td, "/credence/server")
             .map_err(|e| AgentError::Local(e.to_string()))?,
-        algs: provider.signature_verification_algorithms,
-    };
+        provider.signature_verification_algorithms,
+    );
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| AgentError::Local(e.to_string()))?

@@ -15,6 +15,7 @@ mod error;
 pub mod jwt;
 pub mod jwt_verify;
 pub mod keys;
+pub mod tls;
 pub mod x509;
 
 pub use error::CaError;

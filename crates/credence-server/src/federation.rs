@@ -15,9 +15,12 @@
 //!
 //! Profiles: `https_web` (the endpoint's TLS certificate is checked with
 //! Web PKI roots, plus extra roots given with the relationship for a
-//! private CA). Plain `http://` is accepted only for loopback endpoints
-//! (development and tests). `https_spiffe` is not supported yet and is
-//! refused when a relationship is added.
+//! private CA; plain `http://` is accepted only for loopback endpoints, for
+//! development and tests) and `https_spiffe` (the endpoint presents an
+//! X509-SVID of the foreign trust domain with the configured SPIFFE ID,
+//! checked against the last bundle of that domain: the relationship starts
+//! from a bundle the operator obtained out of band, and each fetched
+//! bundle authenticates the next fetch, as SPIRE's default profile does).
 //!
 //! A bundle is refused when it is not a JWK set, holds no usable key, an
 //! `x509-svid` entry does not carry exactly one CA certificate, a
@@ -219,9 +222,42 @@ pub struct NewFederation {
     pub profile: Option<String>,
     #[serde(default)]
     pub endpoint_spiffe_id: Option<credence_core::SpiffeId>,
-    /// Extra PEM roots for the endpoint's TLS certificate.
+    /// Extra PEM roots for the endpoint's TLS certificate (`https_web`).
     #[serde(default)]
     pub tls_roots_pem: Option<String>,
+    /// The foreign trust domain's bundle obtained out of band (`https_spiffe`):
+    /// a SPIFFE bundle document, or PEM root certificates.
+    #[serde(default)]
+    pub bundle: Option<String>,
+}
+
+/// An out-of-band bundle as a SPIFFE bundle document: given as one, or as
+/// PEM certificates (X.509 authorities only).
+fn initial_bundle(text: &str) -> Result<(String, ParsedBundle), ServerError> {
+    let bad = |why: String| ServerError::bad("invalid_bundle", why);
+    let doc = if text.trim_start().starts_with("-----BEGIN") {
+        let certs: Vec<Value> = pem::parse_many(text)
+            .map_err(|e| bad(format!("bundle PEM: {e}")))?
+            .iter()
+            .filter(|p| p.tag() == "CERTIFICATE")
+            .map(|p| {
+                json!({
+                    "use": "x509-svid",
+                    "x5c": [base64::engine::general_purpose::STANDARD.encode(p.contents())],
+                })
+            })
+            .collect();
+        json!({ "keys": certs }).to_string()
+    } else {
+        text.to_owned()
+    };
+    let parsed = parse_bundle(doc.as_bytes()).map_err(|e| bad(format!("bundle: {e}")))?;
+    if parsed.x509_authorities.is_empty() {
+        return Err(bad(
+            "the bundle has no X.509 authority to authenticate the endpoint with".into(),
+        ));
+    }
+    Ok((doc, parsed))
 }
 
 /// The checked foreign bundles, by trust domain, for the Workload API path.
@@ -272,6 +308,37 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// TLS for an `https_spiffe` endpoint: its SVID must chain to the stored
+/// bundle of its trust domain and name `expected`.
+fn spiffe_tls(
+    f: &Federation,
+    expected: &credence_core::SpiffeId,
+) -> Result<rustls::ClientConfig, String> {
+    let roots: Vec<rustls::pki_types::CertificateDer<'static>> = f
+        .bundle
+        .as_ref()
+        .and_then(|b| parse_bundle(b.document.as_bytes()).ok())
+        .map(|p| p.x509_authorities.into_iter().map(Into::into).collect())
+        .unwrap_or_default();
+    if roots.is_empty() {
+        return Err("no stored bundle to authenticate the https_spiffe endpoint with".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = credence_ca::tls::SpiffeServerVerifier::new(
+        roots,
+        expected.clone(),
+        provider.signature_verification_algorithms,
+    );
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// Fetches the bundle document of `f` (at most [`MAX_BUNDLE_BYTES`]).
 async fn fetch(f: &Federation) -> Result<Vec<u8>, String> {
     let mut b = reqwest::Client::builder()
@@ -280,8 +347,18 @@ async fn fetch(f: &Federation) -> Result<Vec<u8>, String> {
         // a redirect could leave the endpoint the relationship names
         .redirect(reqwest::redirect::Policy::none())
         .https_only(!f.bundle_endpoint.is_insecure());
-    if let Some(pem_text) = &f.tls_roots_pem {
-        b = b.tls_certs_merge(pem_roots(pem_text).map_err(|e| e.to_string())?);
+    match &f.profile {
+        BundleProfile::HttpsWeb => {
+            if let Some(pem_text) = &f.tls_roots_pem {
+                b = b.tls_certs_merge(pem_roots(pem_text).map_err(|e| e.to_string())?);
+            }
+        }
+        BundleProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            if f.bundle_endpoint.is_insecure() {
+                return Err("the https_spiffe profile needs an https:// endpoint".into());
+            }
+            b = b.use_preconfigured_tls(spiffe_tls(f, endpoint_spiffe_id)?);
+        }
     }
     let client = b.build().map_err(|e| format!("HTTP client: {e}"))?;
     let mut resp = client
@@ -349,21 +426,61 @@ impl Service {
                 "cannot federate with our own trust domain",
             ));
         }
+        let mut initial = None;
         let profile = match new.profile.as_deref().unwrap_or("https_web") {
             "https_web" => {
-                if new.endpoint_spiffe_id.is_some() {
+                if new.endpoint_spiffe_id.is_some() || new.bundle.is_some() {
                     return Err(ServerError::bad(
                         "invalid_request",
-                        "endpoint_spiffe_id belongs to the https_spiffe profile",
+                        "endpoint_spiffe_id and bundle belong to the https_spiffe profile",
                     ));
                 }
                 BundleProfile::HttpsWeb
             }
             "https_spiffe" => {
-                return Err(ServerError::bad(
-                    "unsupported_profile",
-                    "the https_spiffe profile is not supported yet; use https_web",
-                ));
+                let Some(id) = new.endpoint_spiffe_id else {
+                    return Err(ServerError::bad(
+                        "invalid_request",
+                        "the https_spiffe profile needs endpoint_spiffe_id (the SPIFFE ID the endpoint presents)",
+                    ));
+                };
+                if id.trust_domain() != new.trust_domain {
+                    return Err(ServerError::bad(
+                        "invalid_request",
+                        format!(
+                            "endpoint_spiffe_id {id} is not in trust domain {}",
+                            new.trust_domain
+                        ),
+                    ));
+                }
+                if new.tls_roots_pem.is_some() {
+                    return Err(ServerError::bad(
+                        "invalid_request",
+                        "tls_roots_pem belongs to the https_web profile (https_spiffe trusts the bundle)",
+                    ));
+                }
+                if new.bundle_endpoint.is_insecure() {
+                    return Err(ServerError::bad(
+                        "invalid_request",
+                        "the https_spiffe profile needs an https:// endpoint",
+                    ));
+                }
+                let Some(text) = new.bundle.as_deref() else {
+                    return Err(ServerError::bad(
+                        "invalid_request",
+                        "the https_spiffe profile needs the trust domain's bundle obtained out of band (bundle)",
+                    ));
+                };
+                if text.len() > MAX_BUNDLE_BYTES {
+                    return Err(ServerError::bad(
+                        "invalid_bundle",
+                        format!("bundle is larger than {MAX_BUNDLE_BYTES} bytes"),
+                    ));
+                }
+                initial = Some(initial_bundle(text)?);
+                BundleProfile::HttpsSpiffe {
+                    endpoint_spiffe_id: id,
+                }
             }
             other => {
                 return Err(ServerError::bad(
@@ -389,7 +506,12 @@ impl Service {
             tls_roots_pem: new.tls_roots_pem,
             created_at: now,
             created_by: actor.name.clone(),
-            bundle: None,
+            bundle: initial.as_ref().map(|(doc, p)| FederatedBundle {
+                document: doc.clone(),
+                sequence: p.sequence,
+                refresh_hint_seconds: p.refresh_hint,
+                fetched_at: now,
+            }),
             last_error: None,
             last_attempt_at: None,
         };
@@ -404,12 +526,21 @@ impl Service {
                     json!({
                         "bundle_endpoint": f.bundle_endpoint,
                         "profile": f.profile.name(),
+                        "endpoint_spiffe_id": match &f.profile {
+                            BundleProfile::HttpsSpiffe { endpoint_spiffe_id } => Some(endpoint_spiffe_id),
+                            BundleProfile::HttpsWeb => None,
+                        },
                         "private_tls_roots": f.tls_roots_pem.is_some(),
+                        "initial_bundle_sha256": initial.as_ref().map(|(d, _)| credence_ca::keys::sha256_hex(d.as_bytes())),
                     }),
                 ),
             )
             .await?;
         let td = f.trust_domain.clone();
+        if let Some((_, p)) = initial {
+            self.federated.set(&td, Some(Arc::new(p)));
+            self.changed();
+        }
         self.refresh_federation(&td).await
     }
 

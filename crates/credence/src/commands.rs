@@ -896,12 +896,19 @@ pub enum FederationCmd {
         /// https:// URL of its SPIFFE bundle endpoint (http:// only on loopback)
         #[arg(long)]
         bundle_endpoint: String,
-        /// https_web (the only profile supported yet)
+        /// https_web (Web PKI TLS) or https_spiffe (the endpoint presents an X509-SVID)
         #[arg(long, default_value = "https_web")]
         profile: String,
-        /// PEM file of extra roots for the endpoint's TLS certificate (a private CA)
+        /// https_web: PEM file of extra roots for the endpoint's TLS certificate (a private CA)
         #[arg(long)]
         tls_roots: Option<PathBuf>,
+        /// https_spiffe: the SPIFFE ID the endpoint presents
+        #[arg(long)]
+        endpoint_spiffe_id: Option<String>,
+        /// https_spiffe: the trust domain's bundle obtained out of band
+        /// (SPIFFE bundle JSON or PEM certificates)
+        #[arg(long)]
+        bundle: Option<PathBuf>,
     },
     /// List federation relationships and their bundles' state
     List,
@@ -948,16 +955,25 @@ pub async fn federation(c: &Client, cmd: FederationCmd, json_mode: bool) -> Resu
             bundle_endpoint,
             profile,
             tls_roots,
+            endpoint_spiffe_id,
+            bundle,
         } => {
+            let read = |f: &PathBuf| {
+                std::fs::read_to_string(f).map_err(|e| CliError(format!("{}: {e}", f.display())))
+            };
             let mut body = json!({
                 "trust_domain": trust_domain,
                 "bundle_endpoint": bundle_endpoint,
                 "profile": profile,
             });
             if let Some(f) = tls_roots {
-                let pem = std::fs::read_to_string(&f)
-                    .map_err(|e| CliError(format!("{}: {e}", f.display())))?;
-                body["tls_roots_pem"] = json!(pem);
+                body["tls_roots_pem"] = json!(read(&f)?);
+            }
+            if let Some(id) = endpoint_spiffe_id {
+                body["endpoint_spiffe_id"] = json!(id);
+            }
+            if let Some(f) = bundle {
+                body["bundle"] = json!(read(&f)?);
             }
             c.post("/v1/federation", &body).await?
         }

@@ -232,3 +232,170 @@ fn two_servers_federate_and_a_workload_of_a_authenticates_to_a_service_of_b() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A bundle endpoint of the `https_spiffe` profile (as SPIRE serves by
+/// default): Python's ssl module serves A's bundle with an X509-SVID of A.
+const PY_BUNDLE_ENDPOINT: &str = r#"
+import http.server, ssl, sys
+cert, key, bundle_file, port_file = sys.argv[1:5]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = open(bundle_file, "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+open(port_file + ".tmp", "w").write(str(srv.server_address[1]))
+import os; os.rename(port_file + ".tmp", port_file)
+srv.serve_forever()
+"#;
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn https_spiffe_bundle_endpoint_is_authenticated_by_the_foreign_bundle() {
+    if !have_py("ssl") {
+        return;
+    }
+    let a = Dev::start_domain(tempfile::tempdir().unwrap(), "a.example", &[]);
+    let b = Dev::start_domain(tempfile::tempdir().unwrap(), "b.example", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n).to_str().unwrap().to_owned();
+    // the endpoint's SVID, and A's bundle as served (B gets it out of band)
+    a.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://a.example/bundle-endpoint",
+        "--kind",
+        "service",
+        "--owner",
+        "o",
+    ]);
+    a.ok(&[
+        "x509",
+        "mint",
+        "--spiffe-id",
+        "spiffe://a.example/bundle-endpoint",
+        "--out",
+        &w("svid"),
+    ]);
+    let doc = a.http().get_public("/bundle").json().to_string();
+    std::fs::write(w("bundle.json"), &doc).unwrap();
+    let _server = Killed(
+        Command::new("python3")
+            .args(["-c", PY_BUNDLE_ENDPOINT])
+            .args([
+                w("svid/svid.pem"),
+                w("svid/svid.key"),
+                w("bundle.json"),
+                w("port"),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while !work.path().join("port").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "endpoint did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = std::fs::read_to_string(w("port")).unwrap();
+    let url = format!("https://127.0.0.1:{port}/");
+
+    // the wrong SPIFFE ID is refused (the relationship keeps the given bundle)
+    let add = |td: &str, id: &str| {
+        b.cli(&[
+            "--json",
+            "federation",
+            "add",
+            "--trust-domain",
+            td,
+            "--bundle-endpoint",
+            &url,
+            "--profile",
+            "https_spiffe",
+            "--endpoint-spiffe-id",
+            id,
+            "--bundle",
+            &w("bundle.json"),
+        ])
+    };
+    let o = add("a.example", "spiffe://a.example/not-the-endpoint");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("instead of spiffe://a.example/not-the-endpoint"),
+        "{v}"
+    );
+    assert_eq!(v["bundle"]["x509_authorities"], 1, "{v}");
+    b.ok(&["federation", "remove", "a.example"]);
+
+    // the right one: fetched over TLS authenticated by A's bundle
+    let o = add("a.example", "spiffe://a.example/bundle-endpoint");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["last_error"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["profile"], "https_spiffe", "{v}");
+    assert_eq!(v["bundle"]["jwt_keys"], 1, "{v}");
+
+    // bad requests name what is wrong
+    for (args, why) in [
+        (
+            vec!["--profile", "https_spiffe", "--bundle", &w("bundle.json")][..].to_vec(),
+            "needs endpoint_spiffe_id",
+        ),
+        (
+            vec![
+                "--profile",
+                "https_spiffe",
+                "--endpoint-spiffe-id",
+                "spiffe://c.example/x",
+            ],
+            "not in trust domain",
+        ),
+        (
+            vec![
+                "--profile",
+                "https_spiffe",
+                "--endpoint-spiffe-id",
+                "spiffe://a.example/x",
+            ],
+            "obtained out of band",
+        ),
+        (vec!["--profile", "nope"], "unknown profile"),
+    ] {
+        let mut full = vec![
+            "federation",
+            "add",
+            "--trust-domain",
+            "a.example",
+            "--bundle-endpoint",
+            &url,
+        ];
+        full.extend(args);
+        let o = b.cli(&full);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(why), "{full:?}: {err}");
+    }
+}
