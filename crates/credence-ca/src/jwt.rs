@@ -84,6 +84,21 @@ impl JwtSigner {
         Ok(out)
     }
 
+    /// Signs any claims with a header of type `typ` (e.g. `at+jwt` for
+    /// RFC 9068 access tokens, so they cannot pass for JWT-SVIDs).
+    pub fn sign_typed(&self, typ: &str, claims: &impl Serialize) -> Result<String, CaError> {
+        let header = json!({"alg": "ES256", "kid": self.kid, "typ": typ});
+        let payload = serde_json::to_vec(claims)
+            .map_err(|e| CaError::Signing(format!("cannot encode claims: {e}")))?;
+        let mut out = B64.encode(header.to_string());
+        out.push('.');
+        B64.encode_string(&payload, &mut out);
+        let sig = self.key.sign_jws(out.as_bytes())?;
+        out.push('.');
+        B64.encode_string(&sig, &mut out);
+        Ok(out)
+    }
+
     /// The public key as a JWK (RFC 7517), for JWKS and SPIFFE bundles.
     pub fn jwk(&self, use_: &str) -> Value {
         let (x, y) = xy(self.key.public_key_raw());

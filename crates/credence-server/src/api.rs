@@ -103,6 +103,13 @@ pub fn router(state: AppState) -> Router {
             "/.well-known/authzen-configuration",
             get(crate::authzen_api::configuration),
         )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(crate::oauth::metadata),
+        )
+        .route("/oauth2/token", post(crate::oauth::token))
+        .route("/oauth2/introspect", post(crate::oauth::introspect))
+        .route("/oauth2/revoke", post(crate::oauth::revoke))
         .merge(pdp)
         .nest("/v1", admin)
         .fallback(not_found)

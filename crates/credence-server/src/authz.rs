@@ -287,6 +287,9 @@ pub struct IssueRequest<'a> {
     pub identity: &'a Identity,
     /// `None`: an X509-SVID.
     pub jwt: Option<(&'a [String], &'a [String])>,
+    /// An OAuth access token by this grant type (with `jwt`'s audiences
+    /// and scopes), not a JWT-SVID.
+    pub access_grant: Option<&'a str>,
     pub ttl_seconds: i64,
     /// The node whose agent asked, if any.
     pub node: Option<&'a str>,
@@ -416,13 +419,19 @@ impl Service {
         context.insert("ttl_seconds".into(), json!(req.ttl_seconds));
         context.insert("requested_by".into(), json!(actor.name));
         context.insert("attestation".into(), Value::Object(attestation));
-        let (action, what) = match req.jwt {
-            Some((aud, scopes)) => {
+        let (action, what) = match (req.jwt, req.access_grant) {
+            (Some((aud, scopes)), grant) => {
                 context.insert("audiences".into(), json!(aud));
                 context.insert("scopes".into(), json!(scopes));
-                ("issue_jwt_svid", "jwt.issue")
+                match grant {
+                    Some(g) => {
+                        context.insert("grant_type".into(), json!(g));
+                        ("issue_access_token", "oauth.token")
+                    }
+                    None => ("issue_jwt_svid", "jwt.issue"),
+                }
             }
-            None => ("issue_x509_svid", "x509.issue"),
+            (None, _) => ("issue_x509_svid", "x509.issue"),
         };
         let q = Query {
             principal: Some(principal.uid.clone()),

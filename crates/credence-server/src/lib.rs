@@ -26,6 +26,7 @@ pub mod config;
 mod error;
 pub mod federation;
 pub mod nodes;
+pub mod oauth;
 pub mod policies;
 pub mod runtime;
 pub mod service;

@@ -723,6 +723,7 @@ impl Service {
                 IssueRequest {
                     identity,
                     jwt: None,
+                    access_grant: None,
                     ttl_seconds: ttl.whole_seconds(),
                     node: subject.node.map(NodeId::as_str),
                 },
@@ -850,6 +851,7 @@ impl Service {
                 IssueRequest {
                     identity,
                     jwt: Some((audience, &scope_names)),
+                    access_grant: None,
                     ttl_seconds: ttl.whole_seconds(),
                     node: subject.node.map(NodeId::as_str),
                 },

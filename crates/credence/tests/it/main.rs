@@ -12,6 +12,7 @@ mod http;
 mod interop;
 mod lifecycle;
 mod mtls;
+mod oauth;
 mod pdp;
 mod rbac;
 mod spiffe_crate;

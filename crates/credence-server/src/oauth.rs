@@ -1,0 +1,744 @@
+//! OAuth 2.0 token service: `/oauth2/token`, introspection (RFC 7662),
+//! revocation (RFC 7009) and metadata (RFC 8414).
+//!
+//! - **Clients are identities.** A client authenticates with
+//!   `private_key_jwt` (RFC 7523) whose assertion is a JWT-SVID of this
+//!   trust domain with this server's token endpoint (or issuer) among its
+//!   audiences; the client is the SVID's SPIFFE ID, which must be a
+//!   registered, active identity. Client secrets do not exist.
+//! - **Grants.** `client_credentials`: a token for the client itself.
+//!   Token exchange (RFC 8693) with a `subject_token` that is a JWT-SVID or
+//!   an access token of ours for the same identity: a token for another
+//!   audience or with fewer scopes. (External issuers' tokens and
+//!   `actor_token` delegation come with trust rules and delegation.)
+//! - **Tokens** are RFC 9068 JWTs (`typ: at+jwt`, ES256 through the same
+//!   key custody as JWT-SVIDs): `iss`, `sub` and `client_id` (SPIFFE IDs),
+//!   `aud` (the `resource`/`audience` asked for; default: the issuer),
+//!   `scope` (a subset of the identity's scopes), `jti`, `iat`, `exp`
+//!   (default [`DEFAULT_TTL`], at most [`MAX_TTL`]). Every token is asked of
+//!   the policy engine (`Credence::Action::"issue_access_token"`, with the
+//!   grant type, audiences and scopes) and recorded with its audit event
+//!   before it is returned; refusals are audited.
+//! - **Revocation** is by `jti` in the same store as every credential, so
+//!   introspection reports a revoked token inactive at once.
+//!
+//! Errors follow RFC 6749 §5.2: `{"error", "error_description"}` with 400
+//! (401 and `WWW-Authenticate` for client authentication), `Cache-Control:
+//! no-store` on every answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use time::Duration;
+
+use credence_core::{Identity, Scope, SpiffeId};
+use credence_store::{CredentialKind, IssuedCredential};
+
+use crate::ServerError;
+use crate::api::AppState;
+use crate::authz::IssueRequest;
+use crate::service::{Actor, Service, audit};
+
+pub const DEFAULT_TTL: Duration = Duration::minutes(10);
+pub const MAX_TTL: Duration = Duration::hours(1);
+/// Largest form body.
+const MAX_FORM: usize = 64 * 1024;
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const TT_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// An RFC 6749 error answer.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status: if error == "invalid_client" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            error,
+            description: description.into(),
+        }
+    }
+
+    fn request(d: impl Into<String>) -> Self {
+        Self::new("invalid_request", d)
+    }
+
+    fn server(e: &ServerError) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "server_error",
+            description: e.to_string(),
+        }
+    }
+}
+
+fn no_store(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            axum::Json(json!({"error": self.error, "error_description": self.description})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"credence\""),
+            );
+        }
+        no_store(r)
+    }
+}
+
+/// Parameters of a form body: each name at most once (RFC 6749 §3.2),
+/// `application/x-www-form-urlencoded` only.
+pub fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(OAuthError::request(format!(
+            "expected Content-Type application/x-www-form-urlencoded, got {:?}",
+            if ct.is_empty() { "none" } else { ct }
+        )));
+    }
+    if body.len() > MAX_FORM {
+        return Err(OAuthError::request(format!(
+            "the body is larger than {MAX_FORM} bytes"
+        )));
+    }
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if out.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(OAuthError::request(format!("parameter {k} is repeated")));
+        }
+    }
+    Ok(out)
+}
+
+fn required<'a>(f: &'a HashMap<String, String>, name: &str) -> Result<&'a str, OAuthError> {
+    f.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| OAuthError::request(format!("missing parameter {name}")))
+}
+
+/// The server's URLs as clients see them.
+pub struct Endpoints {
+    pub issuer: String,
+    pub token: String,
+}
+
+impl Endpoints {
+    pub fn of(st: &AppState) -> Self {
+        let base = st.base_url.trim_end_matches('/').to_owned();
+        let issuer = st.svc.issuer_url.clone().unwrap_or_else(|| base.clone());
+        Self {
+            token: format!("{base}/oauth2/token"),
+            issuer,
+        }
+    }
+}
+
+/// What a token is asked for.
+struct Ask {
+    audiences: Vec<String>,
+    scopes: Vec<Scope>,
+    grant: &'static str,
+}
+
+impl Service {
+    fn own_bundles(&self) -> HashMap<String, Vec<u8>> {
+        let auth = self.authority();
+        HashMap::from([(
+            auth.trust_domain.id_string(),
+            auth.jwks().to_string().into_bytes(),
+        )])
+    }
+
+    /// The client of a request: a JWT-SVID assertion (RFC 7523) naming a
+    /// registered, active identity.
+    async fn oauth_client(
+        &self,
+        f: &HashMap<String, String>,
+        ep: &Endpoints,
+    ) -> Result<Arc<Identity>, OAuthError> {
+        let bad = |d: String| OAuthError::new("invalid_client", d);
+        match f.get("client_assertion_type").map(String::as_str) {
+            Some(JWT_BEARER) => {}
+            Some(other) => return Err(bad(format!("unsupported client_assertion_type {other:?}"))),
+            None => {
+                return Err(bad(
+                    "client authentication required: client_assertion_type jwt-bearer with a JWT-SVID"
+                        .into(),
+                ));
+            }
+        }
+        let assertion = required(f, "client_assertion").map_err(|e| bad(e.description))?;
+        let bundles = self.own_bundles();
+        let checked = credence_ca::jwt_verify::validate_jwt_svid(assertion, &ep.token, &bundles)
+            .or_else(|_| {
+                credence_ca::jwt_verify::validate_jwt_svid(assertion, &ep.issuer, &bundles)
+            })
+            .map_err(|e| bad(format!("client assertion: {e}")))?;
+        let (sub, claims) = checked;
+        if let Some(jti) = claims.get("jti").and_then(Value::as_str)
+            && self.is_revoked(jti).await.unwrap_or(true)
+        {
+            return Err(bad("client assertion: the JWT-SVID has been revoked".into()));
+        }
+        if let Some(id) = f.get("client_id")
+            && id != sub.as_str()
+        {
+            return Err(bad(format!(
+                "client_id {id} is not the assertion's subject {sub}"
+            )));
+        }
+        let identity = self
+            .issuable(&sub)
+            .await
+            .map_err(|e| bad(format!("client {sub}: {e}")))?;
+        Ok(identity)
+    }
+
+    /// Signs, records and returns an access token for `subject`.
+    async fn access_token(
+        &self,
+        client: &Identity,
+        subject: &Identity,
+        ask: Ask,
+        ttl: Duration,
+        ep: &Endpoints,
+    ) -> Result<(String, Duration, Option<String>), OAuthError> {
+        let actor = Actor {
+            name: client.spiffe_id.to_string(),
+            method: "oauth_client",
+            request_id: None,
+            client_addr: None,
+            principal: crate::authz::Principal::Workload,
+        };
+        let scope_names: Vec<String> = ask.scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        self.authorize_issue(
+            &actor,
+            IssueRequest {
+                identity: subject,
+                jwt: Some((&ask.audiences, &scope_names)),
+                access_grant: Some(ask.grant),
+                ttl_seconds: ttl.whole_seconds(),
+                node: None,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            ServerError::Forbidden(_, why) => OAuthError::new("invalid_scope", why),
+            other => OAuthError::server(&other),
+        })?;
+        let auth = self.authority();
+        let now = self.clock.now();
+        let exp = now + ttl;
+        let jti = self.new_serial(now).to_hex();
+        let scope = (!scope_names.is_empty()).then(|| scope_names.join(" "));
+        let aud: Value = match ask.audiences.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let mut claims = json!({
+            "iss": ep.issuer,
+            "sub": subject.spiffe_id,
+            "client_id": client.spiffe_id,
+            "aud": aud,
+            "iat": now.unix_timestamp(),
+            "exp": exp.unix_timestamp(),
+            "jti": jti,
+        });
+        if let Some(s) = &scope {
+            claims["scope"] = json!(s);
+        }
+        let token = auth
+            .jwt
+            .sign_typed("at+jwt", &claims)
+            .map_err(|e| OAuthError::server(&e.into()))?;
+        let cred = IssuedCredential {
+            kind: CredentialKind::Jwt,
+            serial: jti.clone(),
+            identity_id: subject.id.clone(),
+            spiffe_id: subject.spiffe_id.clone(),
+            issuer: format!("jwt-{}", auth.jwt.kid()),
+            not_before: now,
+            not_after: exp,
+            key_fingerprint: None,
+            node_id: None,
+        };
+        let rec = audit(
+            &actor,
+            now,
+            "oauth.token",
+            subject.spiffe_id.as_str(),
+            json!({
+                "jti": jti,
+                "grant_type": ask.grant,
+                "client_id": client.spiffe_id,
+                "aud": ask.audiences,
+                "scope": scope,
+                "ttl_seconds": ttl.whole_seconds(),
+                "kid": auth.jwt.kid(),
+            }),
+        );
+        self.store
+            .record_issued(vec![(cred, rec)])
+            .await
+            .map_err(|e| OAuthError::server(&e.into()))?;
+        Ok((token, ttl, scope))
+    }
+
+    /// The identity a `subject_token` speaks for: a JWT-SVID (any audience
+    /// naming this server) or an access token of ours, unexpired and not
+    /// revoked; with the scopes it carried.
+    async fn subject_of(
+        &self,
+        token: &str,
+        token_type: &str,
+        ep: &Endpoints,
+    ) -> Result<(SpiffeId, Option<Vec<String>>), OAuthError> {
+        let bad = |d: String| OAuthError::new("invalid_grant", d);
+        let bundles = self.own_bundles();
+        let (sub, claims) = match token_type {
+            TT_ACCESS_TOKEN => credence_ca::jwt_verify::validate_access_token(token, &bundles)
+                .map_err(|e| bad(format!("subject_token: {e}")))?,
+            TT_JWT => credence_ca::jwt_verify::validate_jwt_svid(token, &ep.token, &bundles)
+                .or_else(|_| {
+                    credence_ca::jwt_verify::validate_jwt_svid(token, &ep.issuer, &bundles)
+                })
+                .map_err(|e| bad(format!("subject_token: {e}")))?,
+            other => {
+                return Err(OAuthError::request(format!(
+                    "unsupported subject_token_type {other:?} (expected {TT_JWT} or {TT_ACCESS_TOKEN})"
+                )));
+            }
+        };
+        match claims.get("jti").and_then(Value::as_str) {
+            Some(jti) if !self.is_revoked(jti).await.unwrap_or(true) => {}
+            Some(_) => return Err(bad("subject_token has been revoked".into())),
+            None => return Err(bad("subject_token has no jti".into())),
+        }
+        let scopes = claims
+            .get("scope")
+            .and_then(Value::as_str)
+            .map(|s| s.split_whitespace().map(str::to_owned).collect());
+        Ok((sub, scopes))
+    }
+}
+
+fn audiences(f: &HashMap<String, String>, ep: &Endpoints) -> Result<Vec<String>, OAuthError> {
+    // one `resource` (RFC 8707) or `audience` (RFC 8693) each: a form
+    // names a parameter once; several audiences are space-separated
+    let mut out: Vec<String> = ["resource", "audience"]
+        .iter()
+        .filter_map(|k| f.get(*k))
+        .flat_map(|v| v.split_whitespace().map(str::to_owned))
+        .collect();
+    if out.iter().any(|a| a.len() > 512) || out.len() > 16 {
+        return Err(OAuthError::new(
+            "invalid_target",
+            "at most 16 audiences of at most 512 bytes",
+        ));
+    }
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        out.push(ep.issuer.clone());
+    }
+    Ok(out)
+}
+
+fn scopes(f: &HashMap<String, String>) -> Result<Option<Vec<Scope>>, OAuthError> {
+    match f.get("scope") {
+        None => Ok(None),
+        Some(s) => Scope::parse_list(s.split_whitespace())
+            .map(Some)
+            .map_err(|e| OAuthError::new("invalid_scope", e.to_string())),
+    }
+}
+
+fn ttl(f: &HashMap<String, String>) -> Result<Duration, OAuthError> {
+    // not an RFC parameter; lets a client ask for less than the default
+    match f.get("expires_in") {
+        None => Ok(DEFAULT_TTL),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .map(|s| Duration::seconds(s).min(MAX_TTL))
+            .ok_or_else(|| OAuthError::request("expires_in must be a positive number of seconds")),
+    }
+}
+
+async fn token_inner(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
+    let f = form(headers, body)?;
+    let ep = Endpoints::of(st);
+    let svc = &st.svc;
+    let grant = required(&f, "grant_type")?;
+    let client = svc.oauth_client(&f, &ep).await?;
+    let ttl = ttl(&f)?;
+    let audiences = audiences(&f, &ep)?;
+    let (subject, asked, grant, issued_type) = match grant {
+        CLIENT_CREDENTIALS => {
+            // default: every scope the identity may carry
+            let asked = scopes(&f)?.unwrap_or_else(|| client.scopes.clone());
+            (client.clone(), asked, CLIENT_CREDENTIALS, None)
+        }
+        TOKEN_EXCHANGE => {
+            if f.contains_key("actor_token") {
+                return Err(OAuthError::request(
+                    "actor_token (delegation) is not supported yet",
+                ));
+            }
+            if let Some(t) = f.get("requested_token_type")
+                && t != TT_ACCESS_TOKEN
+            {
+                return Err(OAuthError::request(format!(
+                    "requested_token_type {t:?} is not supported (only {TT_ACCESS_TOKEN})"
+                )));
+            }
+            let (sub, carried) = svc
+                .subject_of(
+                    required(&f, "subject_token")?,
+                    required(&f, "subject_token_type")?,
+                    &ep,
+                )
+                .await?;
+            if sub != client.spiffe_id {
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    format!(
+                        "subject_token is for {sub}, not the client {}; exchanging another identity's token needs delegation",
+                        client.spiffe_id
+                    ),
+                ));
+            }
+            let asked = match (scopes(&f)?, carried) {
+                (Some(s), Some(c)) => {
+                    if let Some(extra) = s.iter().find(|x| !c.iter().any(|y| y == x.as_str())) {
+                        return Err(OAuthError::new(
+                            "invalid_scope",
+                            format!("scope {extra} is not in the subject_token"),
+                        ));
+                    }
+                    s
+                }
+                (Some(s), None) => s,
+                (None, Some(c)) => Scope::parse_list(c.iter().map(String::as_str))
+                    .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?,
+                (None, None) => Vec::new(),
+            };
+            (client.clone(), asked, TOKEN_EXCHANGE, Some(TT_ACCESS_TOKEN))
+        }
+        other => {
+            return Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported"),
+            ));
+        }
+    };
+    let (token, ttl, scope) = svc
+        .access_token(
+            &client,
+            &subject,
+            Ask {
+                audiences,
+                scopes: asked,
+                grant,
+            },
+            ttl,
+            &ep,
+        )
+        .await?;
+    let mut out = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl.whole_seconds(),
+    });
+    if let Some(s) = scope {
+        out["scope"] = json!(s);
+    }
+    if let Some(t) = issued_type {
+        out["issued_token_type"] = json!(t);
+    }
+    Ok(out)
+}
+
+/// `POST /oauth2/token`.
+pub async fn token(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match token_inner(&st, &headers, &body).await {
+        Ok(v) => no_store(axum::Json(v).into_response()),
+        Err(e) => {
+            record_refusal(&st.svc, "oauth.token", &e).await;
+            e.into_response()
+        }
+    }
+}
+
+async fn record_refusal(svc: &Service, action: &str, e: &OAuthError) {
+    if e.status == StatusCode::INTERNAL_SERVER_ERROR {
+        return;
+    }
+    let mut rec = audit(
+        &Actor::internal("oauth"),
+        svc.clock.now(),
+        action,
+        "oauth",
+        json!({"error": e.error}),
+    );
+    rec.outcome = credence_store::Outcome::Failure;
+    rec.reason = Some(e.description.chars().take(512).collect());
+    if let Err(err) = svc.store.append_audit(rec).await {
+        tracing::error!(error = %err, "cannot record a refused token request");
+    }
+}
+
+/// Who may introspect or revoke: an OAuth client (JWT-SVID assertion) or
+/// the admin token. `Ok(None)`: an administrator.
+async fn caller(
+    st: &AppState,
+    headers: &HeaderMap,
+    f: &HashMap<String, String>,
+) -> Result<Option<Arc<Identity>>, OAuthError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    if let Some(t) = bearer
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            &Service::token_hash(t)[..],
+            &st.admin_token_hash[..],
+        ))
+    {
+        return Ok(None);
+    }
+    st.svc.oauth_client(f, &Endpoints::of(st)).await.map(Some)
+}
+
+async fn introspect_inner(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
+    let f = form(headers, body)?;
+    let who = caller(st, headers, &f).await?;
+    let token = required(&f, "token")?;
+    let inactive = json!({"active": false});
+    let Ok((sub, claims)) =
+        credence_ca::jwt_verify::validate_access_token(token, &st.svc.own_bundles())
+    else {
+        return Ok(inactive);
+    };
+    // a client learns only about its own tokens (RFC 7662 §4)
+    if let Some(c) = &who
+        && c.spiffe_id != sub
+        && claims.get("client_id").and_then(Value::as_str) != Some(c.spiffe_id.as_str())
+    {
+        return Ok(inactive);
+    }
+    match claims.get("jti").and_then(Value::as_str) {
+        Some(jti)
+            if !st
+                .svc
+                .is_revoked(jti)
+                .await
+                .map_err(|e| OAuthError::server(&e))? => {}
+        _ => return Ok(inactive),
+    }
+    let mut out = json!({"active": true, "token_type": "Bearer"});
+    for k in [
+        "iss",
+        "sub",
+        "aud",
+        "client_id",
+        "scope",
+        "exp",
+        "iat",
+        "jti",
+    ] {
+        if let Some(v) = claims.get(k) {
+            out[k] = v.clone();
+        }
+    }
+    Ok(out)
+}
+
+/// `POST /oauth2/introspect` (RFC 7662).
+pub async fn introspect(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match introspect_inner(&st, &headers, &body).await {
+        Ok(v) => no_store(axum::Json(v).into_response()),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke_inner(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), OAuthError> {
+    let f = form(headers, body)?;
+    let who = caller(st, headers, &f).await?;
+    let token = required(&f, "token")?;
+    // RFC 7009 §2.2: an invalid or unknown token is not an error
+    let Ok((sub, claims)) =
+        credence_ca::jwt_verify::validate_access_token(token, &st.svc.own_bundles())
+    else {
+        return Ok(());
+    };
+    if let Some(c) = &who
+        && c.spiffe_id != sub
+        && claims.get("client_id").and_then(Value::as_str) != Some(c.spiffe_id.as_str())
+    {
+        return Err(OAuthError::new(
+            "unauthorized_client",
+            "a client may revoke only its own tokens",
+        ));
+    }
+    let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let actor = match &who {
+        Some(c) => Actor {
+            name: c.spiffe_id.to_string(),
+            method: "oauth_client",
+            request_id: None,
+            client_addr: None,
+            principal: crate::authz::Principal::Workload,
+        },
+        None => Actor::admin(),
+    };
+    let now = st.svc.clock.now();
+    let rec = audit(
+        &actor,
+        now,
+        "oauth.revoke",
+        jti,
+        json!({"sub": sub, "client_id": claims.get("client_id")}),
+    );
+    match st
+        .svc
+        .store
+        .revoke_serial(
+            jti,
+            credence_core::RevocationReason::CessationOfOperation,
+            now,
+            rec,
+        )
+        .await
+    {
+        Ok(_) => {
+            st.svc.revocations_changed();
+            Ok(())
+        }
+        Err(credence_store::StoreError::NotFound(_)) => Ok(()),
+        Err(e) => Err(OAuthError::server(&e.into())),
+    }
+}
+
+/// `POST /oauth2/revoke` (RFC 7009).
+pub async fn revoke(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match revoke_inner(&st, &headers, &body).await {
+        Ok(()) => no_store(StatusCode::OK.into_response()),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+pub async fn metadata(State(st): State<AppState>) -> axum::Json<Value> {
+    let ep = Endpoints::of(&st);
+    let base = st.base_url.trim_end_matches('/');
+    axum::Json(json!({
+        "issuer": ep.issuer,
+        "token_endpoint": ep.token,
+        "introspection_endpoint": format!("{base}/oauth2/introspect"),
+        "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "RS256", "PS256"],
+        "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "response_types_supported": [],
+        "scopes_supported": [],
+        "access_token_signing_alg_values_supported": ["ES256"],
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ct(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn form_bodies() {
+        let h = ct("application/x-www-form-urlencoded; charset=utf-8");
+        let f = form(&h, b"grant_type=client_credentials&scope=a%3Aread+b").unwrap();
+        assert_eq!(f["grant_type"], "client_credentials");
+        assert_eq!(f["scope"], "a:read b");
+        let e = form(&h, b"scope=a&scope=b").unwrap_err();
+        assert!(e.description.contains("repeated"), "{e:?}");
+        let e = form(&ct("application/json"), b"{}").unwrap_err();
+        assert!(e.description.contains("x-www-form-urlencoded"), "{e:?}");
+        let e = form(&h, &vec![b'a'; MAX_FORM + 1]).unwrap_err();
+        assert!(e.description.contains("larger than"), "{e:?}");
+        assert_eq!(
+            required(&f, "nope").unwrap_err().description,
+            "missing parameter nope"
+        );
+    }
+
+    #[test]
+    fn audiences_scopes_and_lifetimes() {
+        let ep = Endpoints {
+            issuer: "https://c.example".into(),
+            token: "https://c.example/oauth2/token".into(),
+        };
+        let f: HashMap<String, String> = HashMap::new();
+        assert_eq!(audiences(&f, &ep).unwrap(), ["https://c.example"]);
+        let f = HashMap::from([
+            ("resource".to_owned(), "https://api.example".to_owned()),
+            ("audience".to_owned(), "b a".to_owned()),
+        ]);
+        assert_eq!(
+            audiences(&f, &ep).unwrap(),
+            ["a", "b", "https://api.example"]
+        );
+        assert_eq!(ttl(&HashMap::new()).unwrap(), DEFAULT_TTL);
+        let f = HashMap::from([("expires_in".to_owned(), "999999".to_owned())]);
+        assert_eq!(ttl(&f).unwrap(), MAX_TTL);
+        let f = HashMap::from([("expires_in".to_owned(), "-1".to_owned())]);
+        assert!(ttl(&f).is_err());
+        let f = HashMap::from([("scope".to_owned(), "ok bad\\scope".to_owned())]);
+        assert_eq!(scopes(&f).unwrap_err().error, "invalid_scope");
+    }
+}

@@ -1,0 +1,169 @@
+//! The OAuth 2.0 token endpoint driven by an independent client (Python
+//! `requests` for the HTTP, `pyjwt` to verify the tokens from the JWKS):
+//! client credentials with a JWT-SVID as `private_key_jwt` assertion,
+//! token exchange narrowing scope and audience, introspection, revocation,
+//! and the errors RFC 6749 names.
+
+use std::process::Command;
+
+use crate::support::{Dev, have_py};
+
+const PY_OAUTH: &str = r#"
+import base64, json, sys, time
+import jwt, requests
+
+base, assertion, other_assertion = sys.argv[1:4]
+meta = requests.get(base + "/.well-known/oauth-authorization-server").json()
+tok_url = meta["token_endpoint"]
+print("meta", meta["issuer"] == base, "client_credentials" in meta["grant_types_supported"])
+jwks = jwt.PyJWKClient(meta["jwks_uri"])
+JB = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+auth = {"client_assertion_type": JB, "client_assertion": assertion}
+
+def post(url, **data):
+    r = requests.post(url, data=dict(auth, **data))
+    return r.status_code, (r.json() if r.content else {}), r.headers
+
+def check(token, aud):
+    key = jwks.get_signing_key_from_jwt(token)
+    assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
+    return jwt.decode(token, key.key, algorithms=["ES256"], audience=aud, issuer=base)
+
+s, b, h = post(tok_url, grant_type="client_credentials", scope="docs:read docs:write",
+               resource="https://api.example")
+c = check(b["access_token"], "https://api.example")
+print("cc", s, b["token_type"], b["expires_in"], b["scope"], h.get("Cache-Control"),
+      c["sub"], c["client_id"], c["scope"], c["exp"] - c["iat"])
+
+# token exchange: narrower scope, another audience
+s, b2, _ = post(tok_url, grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+                subject_token=b["access_token"],
+                subject_token_type="urn:ietf:params:oauth:token-type:access_token",
+                scope="docs:read", audience="https://reports.example")
+c2 = check(b2["access_token"], "https://reports.example")
+print("exchange", s, b2["issued_token_type"], c2["scope"], c2["sub"])
+
+# wider than the subject token: refused
+s, e, _ = post(tok_url, grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+               subject_token=b2["access_token"],
+               subject_token_type="urn:ietf:params:oauth:token-type:access_token",
+               scope="docs:write")
+print("widen", s, e["error"])
+
+# another identity's token is not the client's to exchange
+s, e, _ = post(tok_url, grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+               subject_token=other_assertion,
+               subject_token_type="urn:ietf:params:oauth:token-type:jwt")
+print("foreign", s, e["error"])
+
+intro = meta["introspection_endpoint"]
+s, i, _ = post(intro, token=b["access_token"])
+print("introspect", s, i["active"], i.get("scope"), i.get("sub"))
+s, _, _ = post(meta["revocation_endpoint"], token=b["access_token"])
+s2, i, _ = post(intro, token=b["access_token"])
+print("revoked", s, i["active"])
+# a revoked subject token cannot be exchanged
+s, e, _ = post(tok_url, grant_type="urn:ietf:params:oauth:grant-type:token-exchange",
+               subject_token=b["access_token"],
+               subject_token_type="urn:ietf:params:oauth:token-type:access_token")
+print("revoked-exchange", s, e["error"])
+
+# errors
+r = requests.post(tok_url, data={"grant_type": "client_credentials"})
+print("noauth", r.status_code, r.json()["error"], "WWW-Authenticate" in r.headers)
+s, e, _ = post(tok_url, grant_type="password")
+print("grant", s, e["error"])
+s, e, _ = post(tok_url, grant_type="client_credentials", scope="admin:all")
+print("scope", s, e["error"])
+r = requests.post(tok_url, json={"grant_type": "client_credentials"})
+print("json", r.status_code, r.json()["error"])
+# an HS256 assertion "signed" with the server's public key, and alg none
+pub = json.dumps(requests.get(meta["jwks_uri"]).json()["keys"][0]).encode()
+claims = {"sub": "spiffe://example.org/client", "aud": tok_url, "exp": int(time.time()) + 60}
+import hashlib, hmac
+def b64(d):
+    return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+kid = requests.get(meta["jwks_uri"]).json()["keys"][0]["kid"]
+signing = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "." + b64(json.dumps(claims).encode())
+hs = signing + "." + b64(hmac.new(pub, signing.encode(), hashlib.sha256).digest())
+r = requests.post(tok_url, data={"grant_type": "client_credentials", "client_assertion_type": JB, "client_assertion": hs})
+print("hs256", r.status_code, r.json()["error"])
+none = jwt.encode(claims, None, algorithm="none")
+r = requests.post(tok_url, data={"grant_type": "client_credentials", "client_assertion_type": JB, "client_assertion": none})
+print("none", r.status_code, r.json()["error"])
+"#;
+
+#[test]
+fn an_independent_client_gets_exchanges_introspects_and_revokes_tokens() {
+    if !have_py("jwt") || !have_py("requests") || !have_py("cryptography") {
+        return;
+    }
+    let dev = Dev::start();
+    for (id, scopes) in [
+        (
+            "spiffe://example.org/client",
+            &["docs:read", "docs:write"][..],
+        ),
+        ("spiffe://example.org/other", &["docs:read"][..]),
+    ] {
+        let mut args = vec![
+            "identity",
+            "create",
+            "--spiffe-id",
+            id,
+            "--kind",
+            "service",
+            "--owner",
+            "o",
+        ];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        dev.ok(&args);
+    }
+    let token_url = format!("{}/oauth2/token", dev.url);
+    let mint = |id: &str| {
+        dev.ok(&["jwt", "mint", "--spiffe-id", id, "--audience", &token_url])
+            .trim()
+            .to_owned()
+    };
+    let o = Command::new("python3")
+        .args(["-c", PY_OAUTH, &dev.url])
+        .arg(mint("spiffe://example.org/client"))
+        .arg(mint("spiffe://example.org/other"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "meta True True",
+        "cc 200 Bearer 600 docs:read docs:write no-store spiffe://example.org/client spiffe://example.org/client docs:read docs:write 600",
+        "exchange 200 urn:ietf:params:oauth:token-type:access_token docs:read spiffe://example.org/client",
+        "widen 400 invalid_scope",
+        "foreign 400 invalid_grant",
+        "introspect 200 True docs:read docs:write spiffe://example.org/client",
+        "revoked 200 False",
+        "revoked-exchange 400 invalid_grant",
+        "noauth 401 invalid_client True",
+        "grant 400 unsupported_grant_type",
+        "scope 400 invalid_scope",
+        "json 400 invalid_request",
+        "hs256 401 invalid_client",
+        "none 401 invalid_client",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "missing {want:?} in:\n{out}"
+        );
+    }
+    // issuance and refusals are in the audit log
+    let found = dev.ok(&["audit", "search", "--action", "oauth.token"]);
+    assert!(
+        found.contains("success") && found.contains("failure"),
+        "{found}"
+    );
+}
