@@ -68,6 +68,8 @@ pub struct PeerCert(pub Option<Arc<Vec<u8>>>);
 struct AgentState {
     svc: Arc<Service>,
     shutdown: watch::Receiver<bool>,
+    /// The main API's base URL (the default issuer of tokens).
+    public_base: String,
 }
 
 /// The node of an authenticated agent, set by [`require_agent`].
@@ -106,6 +108,7 @@ fn router(state: AgentState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_svid));
     Router::new()
         .route("/agent/v1/attest", post(attest))
+        .route("/oauth2/token", post(oauth_token))
         .nest("/agent/v1", authed)
         .merge(pdp)
         .fallback(|| async { ServerError::NotFound("no such endpoint".into()) })
@@ -118,6 +121,34 @@ impl axum::extract::FromRef<AgentState> for Arc<Service> {
     fn from_ref(s: &AgentState) -> Self {
         s.svc.clone()
     }
+}
+
+/// `POST /oauth2/token` over mutual TLS: a client with an X509-SVID
+/// authenticates by it (RFC 8705) and gets certificate-bound tokens;
+/// without a certificate the usual client assertion applies.
+async fn oauth_token(State(st): State<AgentState>, req: Request) -> Response {
+    let leaf = peer_leaf(&req);
+    let headers = req.headers().clone();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let body = match axum::body::to_bytes(req.into_body(), MAX_AGENT_BODY).await {
+        Ok(b) => b,
+        Err(_) => return ServerError::bad("too_large", "request body too large").into_response(),
+    };
+    let issuer = st
+        .svc
+        .issuer_url
+        .clone()
+        .unwrap_or_else(|| st.public_base.clone());
+    let ep = crate::oauth::Endpoints {
+        issuer,
+        token: format!("https://{host}/oauth2/token"),
+    };
+    let cert = leaf.map(|leaf_der| crate::oauth::ClientCert { leaf_der });
+    crate::oauth::token_response(&st.svc, &ep, cert.as_ref(), &headers, &body).await
 }
 
 /// The client certificate of the request's connection, if it sent one.
@@ -483,7 +514,11 @@ impl AgentListener {
 }
 
 /// Binds `listen` and serves the agent API over TLS.
-pub async fn start(svc: Arc<Service>, listen: SocketAddr) -> Result<AgentListener, ServerError> {
+pub async fn start(
+    svc: Arc<Service>,
+    listen: SocketAddr,
+    public_base: String,
+) -> Result<AgentListener, ServerError> {
     let (first, mut not_after) = issue_server_svid(&svc).await?;
     let resolver = Arc::new(ServerSvid(RwLock::new(first)));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&svc, resolver.clone())?));
@@ -497,6 +532,7 @@ pub async fn start(svc: Arc<Service>, listen: SocketAddr) -> Result<AgentListene
     let app = router(AgentState {
         svc: svc.clone(),
         shutdown: shutdown.clone(),
+        public_base: public_base.trim_end_matches('/').to_owned(),
     });
 
     let renewer = {

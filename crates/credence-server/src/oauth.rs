@@ -164,6 +164,21 @@ impl Endpoints {
     }
 }
 
+/// A client certificate the TLS handshake verified against our bundle
+/// (RFC 8705 `tls_client_auth` on the agent listener).
+pub struct ClientCert {
+    pub leaf_der: Arc<Vec<u8>>,
+}
+
+impl ClientCert {
+    /// `x5t#S256`: the base64url SHA-256 of the certificate (RFC 8705 §3.1).
+    pub fn thumbprint(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(credence_ca::keys::sha256(&self.leaf_der))
+    }
+}
+
 /// What a token is asked for.
 struct Ask {
     audiences: Vec<String>,
@@ -186,14 +201,24 @@ impl Service {
         &self,
         f: &HashMap<String, String>,
         ep: &Endpoints,
+        cert: Option<&ClientCert>,
     ) -> Result<Arc<Identity>, OAuthError> {
         let bad = |d: String| OAuthError::new("invalid_client", d);
-        match f.get("client_assertion_type").map(String::as_str) {
-            Some(JWT_BEARER) => {}
-            Some(other) => return Err(bad(format!("unsupported client_assertion_type {other:?}"))),
-            None => {
+        match (f.get("client_assertion_type").map(String::as_str), cert) {
+            (Some(JWT_BEARER), None) => {}
+            (Some(_), Some(_)) => {
                 return Err(bad(
-                    "client authentication required: client_assertion_type jwt-bearer with a JWT-SVID"
+                    "one client authentication method per request: a client certificate or an assertion"
+                        .into(),
+                ));
+            }
+            (None, Some(c)) => return self.mtls_client(f, c).await,
+            (Some(other), None) => {
+                return Err(bad(format!("unsupported client_assertion_type {other:?}")));
+            }
+            (None, None) => {
+                return Err(bad(
+                    "client authentication required: client_assertion_type jwt-bearer with a JWT-SVID, or an X509-SVID over mutual TLS on the agent port"
                         .into(),
                 ));
             }
@@ -225,6 +250,37 @@ impl Service {
         Ok(identity)
     }
 
+    /// RFC 8705 `tls_client_auth`: the client is the X509-SVID's SPIFFE ID
+    /// (its chain was verified in the handshake), unrevoked and registered.
+    async fn mtls_client(
+        &self,
+        f: &HashMap<String, String>,
+        c: &ClientCert,
+    ) -> Result<Arc<Identity>, OAuthError> {
+        let bad = |d: String| OAuthError::new("invalid_client", d);
+        let info = credence_ca::x509::svid_info(&c.leaf_der)
+            .map_err(|e| bad(format!("client certificate is not an X509-SVID: {e}")))?;
+        if !info.spiffe_id.is_member_of(&self.trust_domain()) {
+            return Err(bad(
+                "the client X509-SVID is not of this trust domain".into()
+            ));
+        }
+        if self.is_revoked(&info.serial).await.unwrap_or(true) {
+            return Err(bad("the client X509-SVID has been revoked".into()));
+        }
+        if let Some(id) = f.get("client_id")
+            && id != info.spiffe_id.as_str()
+        {
+            return Err(bad(format!(
+                "client_id {id} is not the certificate's SPIFFE ID {}",
+                info.spiffe_id
+            )));
+        }
+        self.issuable(&info.spiffe_id)
+            .await
+            .map_err(|e| bad(format!("client {}: {e}", info.spiffe_id)))
+    }
+
     /// Signs, records and returns an access token for `subject`.
     async fn access_token(
         &self,
@@ -233,6 +289,7 @@ impl Service {
         ask: Ask,
         ttl: Duration,
         ep: &Endpoints,
+        bound_to: Option<&ClientCert>,
     ) -> Result<(String, Duration, Option<String>), OAuthError> {
         let actor = Actor {
             name: client.spiffe_id.to_string(),
@@ -278,6 +335,11 @@ impl Service {
         if let Some(s) = &scope {
             claims["scope"] = json!(s);
         }
+        if let Some(c) = bound_to {
+            // certificate-bound (RFC 8705 §3): a resource server accepts it
+            // only over mTLS with this certificate
+            claims["cnf"] = json!({"x5t#S256": c.thumbprint()});
+        }
         let token = auth
             .jwt
             .sign_typed("at+jwt", &claims)
@@ -306,6 +368,8 @@ impl Service {
                 "scope": scope,
                 "ttl_seconds": ttl.whole_seconds(),
                 "kid": auth.jwt.kid(),
+                "client_auth": if bound_to.is_some() { "tls_client_auth" } else { "private_key_jwt" },
+                "cnf_x5t_s256": bound_to.map(ClientCert::thumbprint),
             }),
         );
         self.store
@@ -397,14 +461,18 @@ fn ttl(f: &HashMap<String, String>) -> Result<Duration, OAuthError> {
     }
 }
 
-async fn token_inner(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
+async fn token_inner(
+    svc: &Service,
+    ep: &Endpoints,
+    cert: Option<&ClientCert>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, OAuthError> {
     let f = form(headers, body)?;
-    let ep = Endpoints::of(st);
-    let svc = &st.svc;
     let grant = required(&f, "grant_type")?;
-    let client = svc.oauth_client(&f, &ep).await?;
+    let client = svc.oauth_client(&f, ep, cert).await?;
     let ttl = ttl(&f)?;
-    let audiences = audiences(&f, &ep)?;
+    let audiences = audiences(&f, ep)?;
     let (subject, asked, grant, issued_type) = match grant {
         CLIENT_CREDENTIALS => {
             // default: every scope the identity may carry
@@ -428,7 +496,7 @@ async fn token_inner(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
                 .subject_of(
                     required(&f, "subject_token")?,
                     required(&f, "subject_token_type")?,
-                    &ep,
+                    ep,
                 )
                 .await?;
             if sub != client.spiffe_id {
@@ -474,7 +542,8 @@ async fn token_inner(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
                 grant,
             },
             ttl,
-            &ep,
+            ep,
+            cert,
         )
         .await?;
     let mut out = json!({
@@ -493,10 +562,22 @@ async fn token_inner(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<
 
 /// `POST /oauth2/token`.
 pub async fn token(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match token_inner(&st, &headers, &body).await {
+    token_response(&st.svc, &Endpoints::of(&st), None, &headers, &body).await
+}
+
+/// The token endpoint's answer; `cert`: the client certificate of a
+/// mutual-TLS connection (the agent listener).
+pub async fn token_response(
+    svc: &Service,
+    ep: &Endpoints,
+    cert: Option<&ClientCert>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    match token_inner(svc, ep, cert, headers, body).await {
         Ok(v) => no_store(axum::Json(v).into_response()),
         Err(e) => {
-            record_refusal(&st.svc, "oauth.token", &e).await;
+            record_refusal(svc, "oauth.token", &e).await;
             e.into_response()
         }
     }
@@ -541,7 +622,10 @@ async fn caller(
     {
         return Ok(None);
     }
-    st.svc.oauth_client(f, &Endpoints::of(st)).await.map(Some)
+    st.svc
+        .oauth_client(f, &Endpoints::of(st), None)
+        .await
+        .map(Some)
 }
 
 async fn introspect_inner(
@@ -679,7 +763,8 @@ pub async fn metadata(State(st): State<AppState>) -> axum::Json<Value> {
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "tls_client_auth"],
+        "tls_client_certificate_bound_access_tokens": true,
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "RS256", "PS256"],
         "introspection_endpoint_auth_methods_supported": ["private_key_jwt"],
         "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],

@@ -248,7 +248,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     };
     let refresher = crate::federation::start_refresher(svc.clone());
     let agent_api = match opts.agent_listen {
-        Some(a) => Some(crate::agent_api::start(svc.clone(), a).await?),
+        Some(a) => Some(crate::agent_api::start(svc.clone(), a, base_url.clone()).await?),
         None => None,
     };
     tracing::info!(%addr, %base_url, "serving");

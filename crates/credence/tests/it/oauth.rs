@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::support::{Dev, have_py};
+use crate::support::{Dev, have_py, wait_for};
 
 const PY_OAUTH: &str = r#"
 import base64, json, sys, time
@@ -166,4 +166,104 @@ fn an_independent_client_gets_exchanges_introspects_and_revokes_tokens() {
         found.contains("success") && found.contains("failure"),
         "{found}"
     );
+}
+
+const PY_MTLS_TOKEN: &str = r#"
+import base64, hashlib, http.client, json, ssl, sys, urllib.parse
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+d, addr, base = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=d + "/bundle.pem")
+ctx.check_hostname = False  # SPIFFE servers are named by URI SAN, not DNS
+ctx.load_cert_chain(d + "/svid/svid.pem", d + "/svid/svid.key")
+host, port = addr.strip().rsplit(":", 1)
+c = http.client.HTTPSConnection(host, int(port), context=ctx)
+c.request("POST", "/oauth2/token",
+          body=urllib.parse.urlencode({"grant_type": "client_credentials", "scope": "docs:read",
+                                       "client_id": "spiffe://example.org/client"}),
+          headers={"Content-Type": "application/x-www-form-urlencoded"})
+r = c.getresponse()
+b = json.loads(r.read())
+if r.status != 200:
+    print("mtls", r.status, b.get("error"), b.get("error_description"))
+    sys.exit(0)
+leaf = x509.load_pem_x509_certificates(open(d + "/svid/svid.pem", "rb").read())[0]
+der = leaf.public_bytes(serialization.Encoding.DER)
+want = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+jwks = jwt.PyJWKClient(base + "/.well-known/jwks.json")
+claims = jwt.decode(b["access_token"], jwks.get_signing_key_from_jwt(b["access_token"]).key,
+                    algorithms=["ES256"], audience=base, issuer=base)
+print("mtls", r.status, claims["sub"], claims["scope"], claims["cnf"]["x5t#S256"] == want)
+"#;
+
+#[test]
+fn mutual_tls_clients_get_certificate_bound_tokens() {
+    if !have_py("jwt") || !have_py("cryptography") {
+        return;
+    }
+    let dev = Dev::start();
+    dev.ok(&[
+        "identity",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/client",
+        "--kind",
+        "service",
+        "--owner",
+        "o",
+        "--scope",
+        "docs:read",
+    ]);
+    let svid = dev.path().join("svid");
+    dev.ok(&[
+        "x509",
+        "mint",
+        "--spiffe-id",
+        "spiffe://example.org/client",
+        "--out",
+        svid.to_str().unwrap(),
+    ]);
+    let addr_file = dev.path().join("agent-addr");
+    wait_for(&addr_file, "agent-addr");
+    let agent_addr = std::fs::read_to_string(addr_file).unwrap();
+    let run = || {
+        let o = Command::new("python3")
+            .args([
+                "-c",
+                PY_MTLS_TOKEN,
+                dev.path().to_str().unwrap(),
+                &agent_addr,
+                &dev.url,
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    };
+    let out = run();
+    assert_eq!(
+        out.trim(),
+        "mtls 200 spiffe://example.org/client docs:read True"
+    );
+    // a revoked client certificate authenticates nobody
+    let serial = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(svid.join("svid.pem"))
+        .output()
+        .unwrap();
+    let serial = String::from_utf8_lossy(&serial.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_lowercase();
+    dev.ok(&["revoke", "--serial", &serial]);
+    let out = run();
+    assert!(out.starts_with("mtls 401 invalid_client"), "{out}");
+    assert!(out.contains("revoked"), "{out}");
 }
