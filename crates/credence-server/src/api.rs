@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admins/{name}", get(show_admin).delete(delete_admin))
         .route("/ca", get(show_ca))
         .route("/ca/rotate", post(rotate_ca))
+        .route("/ca/jwt/rotate", post(rotate_jwt_key))
         .route("/audit/checkpoint", get(audit_checkpoint))
         .route("/audit/key", get(audit_key))
         .route("/audit/entries", get(audit_entries))
@@ -1020,7 +1021,12 @@ async fn show_ca(State(st): State<AppState>) -> Json<Value> {
         "root": {"id": a.root_id, "not_after": fmt(a.root.not_after)},
         "intermediate": {"id": a.intermediate_id, "not_before": fmt(a.intermediate.not_before), "not_after": fmt(a.intermediate.not_after)},
         "retired_intermediates": a.retired.keys().collect::<Vec<_>>(),
-        "jwt_kid": a.jwt.kid(),
+        "jwt_kid": a.jwt_signer(st.svc.clock.now()).map(|s| s.kid().to_owned()).ok(),
+        "jwt_keys": a.jwt_keys.iter().map(|k| json!({
+            "kid": k.signer.kid(),
+            "signs_from": fmt(k.not_before),
+            "signs_until": fmt(k.not_after),
+        })).collect::<Vec<_>>(),
         "bundle_pem": a.bundle_pem(),
     }))
 }
@@ -1031,6 +1037,27 @@ async fn rotate_ca(
 ) -> Result<Json<Value>, ServerError> {
     let id = st.svc.rotate_intermediate(&caller).await?;
     Ok(Json(json!({"intermediate": id})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtRotateRequest {
+    #[serde(default)]
+    overlap_seconds: Option<u32>,
+}
+
+async fn rotate_jwt_key(
+    State(st): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(req): ApiJson<JwtRotateRequest>,
+) -> Result<Json<Value>, ServerError> {
+    let overlap = time::Duration::seconds(i64::from(req.overlap_seconds.unwrap_or(600)));
+    let kid = st.svc.rotate_jwt_key(&caller, overlap).await?;
+    let starts = st.svc.clock.now() + overlap;
+    Ok(Json(json!({
+        "kid": kid,
+        "signs_from": starts.format(&time::format_description::well_known::Rfc3339).ok(),
+    })))
 }
 
 // ---- audit log ----

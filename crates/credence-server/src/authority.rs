@@ -44,7 +44,11 @@ pub struct Authority {
     pub intermediate: X509Issuer,
     /// Older, unexpired intermediates by id (for their CRLs).
     pub retired: BTreeMap<String, X509Issuer>,
-    pub jwt: JwtSigner,
+    /// JWT signing keys, published in the JWKS and bundle: the one signing
+    /// now, the next one (published before it signs) and retired ones
+    /// (published until the tokens they signed have expired). By
+    /// `not_before` (when a key starts signing).
+    pub jwt_keys: Vec<JwtKey>,
     /// Bumped whenever the published bundle changes.
     pub sequence: u64,
     /// PEM of the root certificate(s), computed once.
@@ -53,7 +57,35 @@ pub struct Authority {
     chain_pem: String,
 }
 
+/// A JWT signing key and when it signs.
+pub struct JwtKey {
+    pub signer: JwtSigner,
+    /// Signs from here ...
+    pub not_before: OffsetDateTime,
+    /// ... until here (or until a later key starts).
+    pub not_after: OffsetDateTime,
+}
+
+/// How long a JWT key stays published after it stops signing: longer than
+/// any token it signed can live (JWT-SVIDs and access tokens are capped at
+/// hours).
+pub const JWT_RETIRED_PUBLISHED: Duration = Duration::days(1);
+
 impl Authority {
+    /// The key that signs at `now`: of the keys whose window contains it,
+    /// the one that started last (a rotated-in key takes over at its
+    /// `not_before`).
+    pub fn jwt_signer(&self, now: OffsetDateTime) -> Result<&JwtSigner, ServerError> {
+        self.jwt_keys
+            .iter()
+            .rev()
+            .find(|k| k.not_before <= now && now < k.not_after)
+            // past every key's end (no reload since): the latest started
+            .or_else(|| self.jwt_keys.iter().rev().find(|k| k.not_before <= now))
+            .map(|k| &k.signer)
+            .ok_or_else(|| ServerError::Internal("no JWT signing key is active".into()))
+    }
+
     /// The PEM trust bundle (root certificates).
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
@@ -72,18 +104,21 @@ impl Authority {
         }
     }
 
-    /// JWKS of the JWT signing keys.
+    /// JWKS of the JWT signing keys (next, current and retired).
     pub fn jwks(&self) -> Value {
-        json!({"keys": [self.jwt.jwk("sig")]})
+        let keys: Vec<Value> = self.jwt_keys.iter().map(|k| k.signer.jwk("sig")).collect();
+        json!({ "keys": keys })
     }
 
     /// SPIFFE bundle (JWKS with `x509-svid` and `jwt-svid` keys).
     pub fn spiffe_bundle(&self, refresh_hint_secs: u64) -> Value {
+        let mut keys = vec![credence_ca::jwt::x509_bundle_jwk(
+            &self.root.cert_der,
+            self.root.key().public_key_raw(),
+        )];
+        keys.extend(self.jwt_keys.iter().map(|k| k.signer.jwk("jwt-svid")));
         json!({
-            "keys": [
-                credence_ca::jwt::x509_bundle_jwk(&self.root.cert_der, self.root.key().public_key_raw()),
-                self.jwt.jwk("jwt-svid"),
-            ],
+            "keys": keys,
             "spiffe_sequence": self.sequence,
             "spiffe_refresh_hint": refresh_hint_secs,
         })
@@ -105,6 +140,49 @@ fn system_audit(now: OffsetDateTime, action: &str, target: &str, detail: Value) 
         ev.details = m;
     }
     ev
+}
+
+/// A new JWT signing key that signs from `starts` (published at once).
+pub async fn new_jwt_key(
+    store: &dyn Store,
+    wrapper: &KeyWrapper,
+    lifetimes: &CaLifetimes,
+    now: OffsetDateTime,
+    starts: OffsetDateTime,
+    record: impl FnOnce(&str, Value) -> AuditRecord,
+) -> Result<JwtKey, ServerError> {
+    let sw = SoftwareKey::generate()?;
+    let kid = credence_ca::jwt::thumbprint(sw.public_key_raw());
+    let id = format!("jwt-{kid}");
+    let wrapped = wrapper.wrap(&id, sw.pkcs8_der())?;
+    let key: Arc<dyn Signer> = Arc::new(sw);
+    let signer = JwtSigner::new(key.clone());
+    let not_after = starts + lifetimes.jwt_key;
+    store
+        .save_ca(
+            &CaRecord {
+                id: id.clone(),
+                role: "jwt".into(),
+                cert_der: None,
+                public_key_der: key.public_key_spki(),
+                wrapped_key: wrapped,
+                not_before: starts,
+                not_after,
+                active: true,
+                created_at: now,
+            },
+            record(
+                &id,
+                json!({"role": "jwt", "kid": signer.kid(), "signs_from": starts.unix_timestamp()}),
+            ),
+        )
+        .await?;
+    tracing::info!(kid = signer.kid(), %starts, "created JWT signing key");
+    Ok(JwtKey {
+        signer,
+        not_before: starts,
+        not_after,
+    })
 }
 
 /// Loads the CA material, creating or rotating what is missing or due.
@@ -209,45 +287,36 @@ pub async fn load_or_create(
         }
     };
 
-    // JWT key
-    let jwt_rec = records
-        .iter()
-        .filter(|r| r.role == "jwt" && r.active && r.not_after > now)
-        .max_by_key(|r| r.not_after);
-    let jwt = match jwt_rec {
-        Some(r) => JwtSigner::new(unwrap(r)?),
-        None => {
-            let sw = SoftwareKey::generate()?;
-            let kid = credence_ca::jwt::thumbprint(sw.public_key_raw());
-            let id = format!("jwt-{kid}");
-            let wrapped = wrapper.wrap(&id, sw.pkcs8_der())?;
-            let key: Arc<dyn Signer> = Arc::new(sw);
-            let signer = JwtSigner::new(key.clone());
-            store
-                .save_ca(
-                    &CaRecord {
-                        id: id.clone(),
-                        role: "jwt".into(),
-                        cert_der: None,
-                        public_key_der: key.public_key_spki(),
-                        wrapped_key: wrapped,
-                        not_before: now,
-                        not_after: now + lifetimes.jwt_key,
-                        active: true,
-                        created_at: now,
-                    },
-                    system_audit(
-                        now,
-                        "ca.create",
-                        &id,
-                        json!({"role": "jwt", "kid": signer.kid()}),
-                    ),
-                )
-                .await?;
-            tracing::info!(kid = signer.kid(), "created JWT signing key");
-            signer
-        }
+    // JWT keys: those still published, the one signing now (created if
+    // none), and the next one once the current has a third of its life
+    // left (published from then on, signing from the current one's end)
+    let published =
+        |r: &&CaRecord| r.role == "jwt" && r.active && now < r.not_after + JWT_RETIRED_PUBLISHED;
+    let mut jwt_keys = Vec::new();
+    for r in records.iter().filter(published) {
+        jwt_keys.push(JwtKey {
+            signer: JwtSigner::new(unwrap(r)?),
+            not_before: r.not_before,
+            not_after: r.not_after,
+        });
+    }
+    let signing = |keys: &[JwtKey]| {
+        keys.iter()
+            .filter(|k| k.not_before <= now && now < k.not_after)
+            .map(|k| k.not_after)
+            .max()
     };
+    let created = |id: &str, detail: Value| system_audit(now, "ca.create", id, detail);
+    match signing(&jwt_keys) {
+        None => jwt_keys.push(new_jwt_key(store, wrapper, lifetimes, now, now, created).await?),
+        Some(ends) => {
+            let has_next = jwt_keys.iter().any(|k| k.not_before > now);
+            if !has_next && ends - now < lifetimes.jwt_key / 3 {
+                jwt_keys.push(new_jwt_key(store, wrapper, lifetimes, now, ends, created).await?);
+            }
+        }
+    }
+    jwt_keys.sort_by_key(|k| k.not_before);
 
     let sequence = records.len() as u64 + 1;
     let bundle_pem = credence_ca::x509::certs_to_pem([root.cert_der.as_slice()]);
@@ -261,7 +330,7 @@ pub async fn load_or_create(
         intermediate_id,
         intermediate,
         retired,
-        jwt,
+        jwt_keys,
         sequence,
     })
 }

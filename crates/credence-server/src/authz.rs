@@ -150,7 +150,7 @@ pub fn route_rule(method: &str, route: &str) -> Option<RouteRule> {
         "/nodes" | "/nodes/{id}" if read => Server(ReadServer),
         "/nodes/tokens" | "/nodes/{id}/evict" => Server(ManageNodes),
         "/ca" if read => Server(ReadServer),
-        "/ca/rotate" => Server(ManageCa),
+        "/ca/rotate" | "/ca/jwt/rotate" => Server(ManageCa),
         r if r.starts_with("/audit/") && read => Server(ReadServer),
         "/policies/diff" | "/policies/validate" => Server(ReadServer),
         r if r == "/policies" || r.starts_with("/policies/") => {

@@ -340,8 +340,8 @@ impl Service {
             // only over mTLS with this certificate
             claims["cnf"] = json!({"x5t#S256": c.thumbprint()});
         }
-        let token = auth
-            .jwt
+        let signer = auth.jwt_signer(now).map_err(|e| OAuthError::server(&e))?;
+        let token = signer
             .sign_typed("at+jwt", &claims)
             .map_err(|e| OAuthError::server(&e.into()))?;
         let cred = IssuedCredential {
@@ -349,7 +349,7 @@ impl Service {
             serial: jti.clone(),
             identity_id: subject.id.clone(),
             spiffe_id: subject.spiffe_id.clone(),
-            issuer: format!("jwt-{}", auth.jwt.kid()),
+            issuer: format!("jwt-{}", signer.kid()),
             not_before: now,
             not_after: exp,
             key_fingerprint: None,
@@ -367,7 +367,7 @@ impl Service {
                 "aud": ask.audiences,
                 "scope": scope,
                 "ttl_seconds": ttl.whole_seconds(),
-                "kid": auth.jwt.kid(),
+                "kid": signer.kid(),
                 "client_auth": if bound_to.is_some() { "tls_client_auth" } else { "private_key_jwt" },
                 "cnf_x5t_s256": bound_to.map(ClientCert::thumbprint),
             }),

@@ -338,6 +338,54 @@ impl Service {
         Ok(id)
     }
 
+    /// Rotates the JWT signing key without a validation failure anywhere:
+    /// the new key is published at once (JWKS, bundle, agents) and signs
+    /// only after `overlap`, so relying parties that cache the JWKS have
+    /// fetched it before meeting a token it signed; the old key stays
+    /// published until its last tokens have expired.
+    pub async fn rotate_jwt_key(
+        &self,
+        actor: &Actor,
+        overlap: Duration,
+    ) -> Result<String, ServerError> {
+        if overlap < Duration::ZERO || overlap > Duration::days(7) {
+            return Err(ServerError::bad(
+                "invalid_overlap",
+                "overlap must be between 0 and 7 days",
+            ));
+        }
+        let now = self.clock.now();
+        let cur = self.authority();
+        let previous = cur.jwt_signer(now)?.kid().to_owned();
+        let key = authority::new_jwt_key(
+            self.store.as_ref(),
+            &self.wrapper,
+            &self.lifetimes,
+            now,
+            now + overlap,
+            |id, mut detail| {
+                detail["replaces"] = json!(previous);
+                audit(actor, now, "ca.rotate", id, detail)
+            },
+        )
+        .await?;
+        let kid = key.signer.kid().to_owned();
+        let fresh = authority::load_or_create(
+            self.store.as_ref(),
+            &self.wrapper,
+            &cur.trust_domain,
+            &self.lifetimes,
+            self.clock.as_ref(),
+            self.rng.as_ref(),
+        )
+        .await?;
+        if let Ok(mut a) = self.authority.write() {
+            *a = Arc::new(fresh);
+        }
+        self.changed();
+        Ok(kid)
+    }
+
     // ---- identity registry ----
 
     fn cache_put(&self, id: &Identity) {
@@ -863,7 +911,8 @@ impl Service {
         let now = self.clock.now();
         let exp = now + ttl;
         let jti = self.new_serial(now).to_hex();
-        let token = auth.jwt.sign(&JwtSvidClaims {
+        let signer = auth.jwt_signer(now)?;
+        let token = signer.sign(&JwtSvidClaims {
             iss: self.issuer_url.as_deref(),
             sub: spiffe_id,
             aud: Audience(audience),
@@ -877,7 +926,7 @@ impl Service {
             serial: jti.clone(),
             identity_id: subject.identity_id.clone(),
             spiffe_id: spiffe_id.clone(),
-            issuer: format!("jwt-{}", auth.jwt.kid()),
+            issuer: format!("jwt-{}", signer.kid()),
             not_before: now,
             not_after: exp,
             key_fingerprint: None,
@@ -888,7 +937,7 @@ impl Service {
             now,
             "jwt.issue",
             spiffe_id.as_str(),
-            json!({"jti": jti, "aud": audience, "scope": scope, "ttl_seconds": ttl.whole_seconds(), "kid": auth.jwt.kid()}),
+            json!({"jti": jti, "aud": audience, "scope": scope, "ttl_seconds": ttl.whole_seconds(), "kid": signer.kid()}),
         );
         self.store.record_issued(vec![(cred, rec)]).await?;
         Ok(JwtSvid {

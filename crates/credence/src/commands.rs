@@ -676,10 +676,41 @@ pub async fn revoke(c: &Client, a: RevokeArgs, json_mode: bool) -> Result<(), Cl
 
 #[derive(Subcommand)]
 pub enum CaCmd {
-    /// Show the CA hierarchy
+    /// Show the CA hierarchy and the JWT signing keys
     Show,
     /// Replace the active intermediate with a new one
     Rotate,
+}
+
+#[derive(Subcommand)]
+pub enum JwtKeyCmd {
+    /// Rotate the JWT signing key: the new key is published at once and
+    /// signs after the overlap; the old one stays published until its
+    /// tokens expire
+    Rotate {
+        /// How long the new key is published before it signs (relying
+        /// parties refresh their JWKS meanwhile), e.g. 10m
+        #[arg(long, default_value = "10m")]
+        overlap: String,
+    },
+}
+
+pub async fn jwt_key(c: &Client, cmd: JwtKeyCmd, json_mode: bool) -> Result<(), CliError> {
+    let JwtKeyCmd::Rotate { overlap } = cmd;
+    let secs = humantime::parse_duration(&overlap)
+        .map_err(|e| CliError(format!("--overlap {overlap:?}: {e}")))?
+        .as_secs();
+    let v = c
+        .post("/v1/ca/jwt/rotate", &json!({"overlap_seconds": secs}))
+        .await?;
+    out(json_mode, &v, |v| {
+        println!(
+            "new JWT key {} published; it signs from {}",
+            v["kid"].as_str().unwrap_or(""),
+            v["signs_from"].as_str().unwrap_or("")
+        )
+    });
+    Ok(())
 }
 
 pub async fn ca(c: &Client, cmd: CaCmd, json_mode: bool) -> Result<(), CliError> {

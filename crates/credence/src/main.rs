@@ -81,6 +81,9 @@ enum Cmd {
     /// Show or rotate the certificate authority
     #[command(subcommand)]
     Ca(commands::CaCmd),
+    /// The JWT signing key (JWT-SVIDs, access tokens)
+    #[command(subcommand)]
+    JwtKey(commands::JwtKeyCmd),
     /// Cedar policy sets and the AuthZEN PDP: validate, push, activate, entities, test
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCmd),
@@ -270,6 +273,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 Cmd::Jwt(c) => commands::jwt(&client, c, json).await,
                 Cmd::Revoke(a) => commands::revoke(&client, a, json).await,
                 Cmd::Ca(c) => commands::ca(&client, c, json).await,
+                Cmd::JwtKey(c) => commands::jwt_key(&client, c, json).await,
                 Cmd::Node(c) => commands::node(&client, c, json).await,
                 Cmd::Admin(c) => commands::admin(&client, c, json).await,
                 Cmd::Federation(c) => commands::federation(&client, c, json).await,

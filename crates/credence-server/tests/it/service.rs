@@ -334,7 +334,11 @@ async fn restart_reuses_ca_and_rotates_when_due() {
     let (root, int, kid) = (
         first.root.cert_der.clone(),
         first.intermediate_id.clone(),
-        first.jwt.kid().to_owned(),
+        first
+            .jwt_signer(credence_core::Clock::now(f.clock.as_ref()))
+            .unwrap()
+            .kid()
+            .to_owned(),
     );
     f.store.close().await;
     let dir = f._dir;
@@ -342,7 +346,13 @@ async fn restart_reuses_ca_and_rotates_when_due() {
     let a2 = again.svc.authority();
     assert_eq!(a2.root.cert_der, root, "root reused");
     assert_eq!(a2.intermediate_id, int, "intermediate reused");
-    assert_eq!(a2.jwt.kid(), kid, "JWT key reused");
+    assert_eq!(
+        a2.jwt_signer(credence_core::Clock::now(again.clock.as_ref()))
+            .unwrap()
+            .kid(),
+        kid,
+        "JWT key reused"
+    );
     // explicit rotation keeps the old intermediate for its CRL
     let new_id = again
         .svc
@@ -407,4 +417,110 @@ async fn identity_validation() {
         .await
         .unwrap_err();
     assert!(matches!(e, ServerError::Conflict(_)), "{e}");
+}
+
+/// A JWT key rotation never fails a validation: the next key is in the
+/// JWKS before it signs anything, tokens signed by the old key keep
+/// verifying after the switch, and a key with a third of its life left
+/// gets its successor published ahead of time.
+#[tokio::test]
+async fn jwt_key_rotation_publishes_before_signing_and_keeps_old_keys() {
+    let f = fixture().await;
+    let a = Actor::admin();
+    f.svc
+        .create_identity(&a, new_identity("spiffe://example.org/j", None))
+        .await
+        .unwrap();
+    let mint = || async {
+        f.svc
+            .mint_jwt(
+                &a,
+                &id("spiffe://example.org/j"),
+                &["api".into()],
+                &[],
+                None,
+            )
+            .await
+            .unwrap()
+            .token
+    };
+    let kid_of = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+    let verifies = |t: &str| {
+        let bundles = std::collections::HashMap::from([(
+            "spiffe://example.org".to_owned(),
+            f.svc.authority().jwks().to_string().into_bytes(),
+        )]);
+        // the JWKS relying parties fetch still holds the key that signed it
+        let header = jsonwebtoken::decode_header(t).unwrap();
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_slice(&bundles["spiffe://example.org"]).unwrap();
+        set.find(&header.kid.unwrap()).is_some()
+    };
+    let old = mint().await;
+    let old_kid = kid_of(&old);
+    let new_kid = f
+        .svc
+        .rotate_jwt_key(&a, Duration::minutes(10))
+        .await
+        .unwrap();
+    assert_ne!(new_kid, old_kid);
+    // published at once, not yet signing
+    let jwks = f.svc.authority().jwks();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(kids.contains(&new_kid.as_str()) && kids.contains(&old_kid.as_str()));
+    assert_eq!(kid_of(&mint().await), old_kid);
+    // after the overlap the new key signs; the old token still finds its key
+    f.clock.advance(Duration::minutes(11));
+    let new = mint().await;
+    assert_eq!(kid_of(&new), new_kid);
+    assert!(verifies(&old) && verifies(&new));
+    // the bundle carries both as jwt-svid keys
+    let bundle = f.svc.authority().spiffe_bundle(60);
+    let jwt_keys = bundle["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "jwt-svid")
+        .count();
+    assert_eq!(jwt_keys, 2);
+    assert!(f.svc.rotate_jwt_key(&a, Duration::days(8)).await.is_err());
+
+    // a key with a third of its life left gets its successor at the next
+    // load, published now and signing from the current key's end
+    f.clock.advance(Duration::days(70));
+    let wrapper = credence_ca::KeyWrapper::new(&[3u8; 32]).unwrap();
+    let td = credence_core::TrustDomain::new("example.org").unwrap();
+    let lifetimes = CaLifetimes::default();
+    let load = || {
+        credence_server::authority::load_or_create(
+            f.store.as_ref(),
+            &wrapper,
+            &td,
+            &lifetimes,
+            f.clock.as_ref(),
+            &credence_ca::SystemRandom,
+        )
+    };
+    let again = load().await.unwrap();
+    let now = credence_core::Clock::now(f.clock.as_ref());
+    let signing = again.jwt_signer(now).unwrap().kid().to_owned();
+    assert_eq!(signing, new_kid);
+    let next = again
+        .jwt_keys
+        .iter()
+        .find(|k| k.not_before > now)
+        .expect("a successor is published");
+    let current = again
+        .jwt_keys
+        .iter()
+        .find(|k| k.signer.kid() == new_kid)
+        .unwrap();
+    assert_eq!(next.not_before, current.not_after);
+    // loading again adds nothing
+    assert_eq!(load().await.unwrap().jwt_keys.len(), again.jwt_keys.len());
 }
