@@ -319,10 +319,20 @@ impl Service {
             )
             .await?;
         // Rebuild from storage so the old intermediate lands among the retired.
+        self.reload_authority().await?;
+        if let Ok(mut c) = self.crl.lock() {
+            *c = None;
+        }
+        self.changed();
+        Ok(id)
+    }
+
+    /// Loads the CA material again from storage and serves it from now on.
+    async fn reload_authority(&self) -> Result<(), ServerError> {
         let fresh = authority::load_or_create(
             self.store.as_ref(),
             &self.wrapper,
-            &cur.trust_domain,
+            &self.trust_domain(),
             &self.lifetimes,
             self.clock.as_ref(),
             self.rng.as_ref(),
@@ -331,11 +341,7 @@ impl Service {
         if let Ok(mut a) = self.authority.write() {
             *a = Arc::new(fresh);
         }
-        if let Ok(mut c) = self.crl.lock() {
-            *c = None;
-        }
-        self.changed();
-        Ok(id)
+        Ok(())
     }
 
     /// Rotates the JWT signing key without a validation failure anywhere:
@@ -370,18 +376,7 @@ impl Service {
         )
         .await?;
         let kid = key.signer.kid().to_owned();
-        let fresh = authority::load_or_create(
-            self.store.as_ref(),
-            &self.wrapper,
-            &cur.trust_domain,
-            &self.lifetimes,
-            self.clock.as_ref(),
-            self.rng.as_ref(),
-        )
-        .await?;
-        if let Ok(mut a) = self.authority.write() {
-            *a = Arc::new(fresh);
-        }
+        self.reload_authority().await?;
         self.changed();
         Ok(kid)
     }

@@ -95,21 +95,7 @@ print("server", result.get("server"))
 "#;
 
 fn register(dev: &Dev, spiffe_id: &str, federates_with: &str) {
-    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-    dev.ok(&[
-        "identity",
-        "create",
-        "--spiffe-id",
-        spiffe_id,
-        "--kind",
-        "workload",
-        "--owner",
-        "o",
-        "--selector",
-        &format!("unix:uid:{uid}"),
-        "--federates-with",
-        federates_with,
-    ]);
+    dev.register_for_me_with(spiffe_id, &["--federates-with", federates_with]);
 }
 
 fn sequence(dev: &Dev, td: &str) -> Option<u64> {

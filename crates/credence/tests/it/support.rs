@@ -101,8 +101,14 @@ impl Dev {
     /// Registers a workload identity that this test process matches
     /// (selector: its own uid).
     pub fn register_for_me(&self, spiffe_id: &str) {
+        self.register_for_me_with(spiffe_id, &[]);
+    }
+
+    /// [`Dev::register_for_me`] with more `identity create` flags.
+    pub fn register_for_me_with(&self, spiffe_id: &str, extra: &[&str]) {
         let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-        self.ok(&[
+        let selector = format!("unix:uid:{uid}");
+        let mut args = vec![
             "identity",
             "create",
             "--spiffe-id",
@@ -112,8 +118,10 @@ impl Dev {
             "--owner",
             "o",
             "--selector",
-            &format!("unix:uid:{uid}"),
-        ]);
+            &selector,
+        ];
+        args.extend(extra);
+        self.ok(&args);
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
