@@ -129,11 +129,6 @@ impl axum::extract::FromRef<AgentState> for Arc<Service> {
 async fn oauth_token(State(st): State<AgentState>, req: Request) -> Response {
     let leaf = peer_leaf(&req);
     let headers = req.headers().clone();
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned();
     let body = match axum::body::to_bytes(req.into_body(), MAX_AGENT_BODY).await {
         Ok(b) => b,
         Err(_) => return ServerError::bad("too_large", "request body too large").into_response(),
@@ -143,9 +138,13 @@ async fn oauth_token(State(st): State<AgentState>, req: Request) -> Response {
         .issuer_url
         .clone()
         .unwrap_or_else(|| st.public_base.clone());
+    // the audience an assertion must name is the public token endpoint,
+    // never one derived from the request's Host header: a relying party
+    // holding a JWT-SVID minted for its own URL must not be able to replay
+    // it here by naming itself as the host
     let ep = crate::oauth::Endpoints {
         issuer,
-        token: format!("https://{host}/oauth2/token"),
+        token: format!("{}/oauth2/token", st.public_base),
     };
     let cert = leaf.map(|leaf_der| crate::oauth::ClientCert { leaf_der });
     crate::oauth::token_response(&st.svc, &ep, cert.as_ref(), &headers, &body).await
