@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::support::{Dev, have_py, wait_for};
+use crate::support::{BIN, Dev, have, have_py, wait_for};
 
 const PY_OAUTH: &str = r#"
 import base64, json, sys, time
@@ -266,4 +266,50 @@ fn mutual_tls_clients_get_certificate_bound_tokens() {
     let out = run();
     assert!(out.starts_with("mtls 401 invalid_client"), "{out}");
     assert!(out.contains("revoked"), "{out}");
+}
+
+/// The README's OAuth example, run as written (bash, the CLI, curl)
+/// against a dev server.
+#[test]
+fn readme_oauth_example_runs() {
+    if !have("curl") {
+        return;
+    }
+    let readme = include_str!("../../../../README.md");
+    let section = readme
+        .split("### OAuth 2.0 tokens")
+        .nth(1)
+        .expect("README has the OAuth section");
+    let script = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the section has a sh block");
+    let dev = Dev::start();
+    let script = script.replace("http://127.0.0.1:8080", &dev.url);
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("PATH", path)
+        .env("CREDENCE_DATA_DIR", dev.path())
+        .env_remove("CREDENCE_ADDR")
+        .env_remove("CREDENCE_TOKEN")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // the last line is curl's answer (the CLI printed the identity first)
+    let v: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(v["token_type"], "Bearer", "{v}");
+    assert_eq!(v["scope"], "docs:read", "{v}");
+    assert_eq!(v["expires_in"], 600, "{v}");
 }
