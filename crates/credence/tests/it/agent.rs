@@ -478,3 +478,61 @@ fn agent_renews_its_svid_and_the_server_its_own() {
     assert_eq!(got.svids.len(), 2, "the renewed agent keeps syncing");
     assert!(!dir.path().join("agent.pem.tmp").exists());
 }
+
+/// A standalone node agent hands a federated trust domain's bundle to the
+/// workloads whose identities federate with it, and follows its removal.
+#[test]
+fn standalone_agent_serves_federated_bundles() {
+    let dev = Dev::start();
+    let partner = Dev::start_domain(tempfile::tempdir().unwrap(), "partner.example", &[]);
+    dev.ok(&[
+        "federation",
+        "add",
+        "--trust-domain",
+        "partner.example",
+        "--bundle-endpoint",
+        &format!("{}/bundle", partner.url),
+    ]);
+    dev.register_for_me_with(
+        "spiffe://example.org/federated",
+        &["--federates-with", "partner.example"],
+    );
+    let token = dev.json(&["node", "token", "create"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&dev, dir.path(), Some(&token));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(first_svid(agent.socket.clone()));
+    let bundle = got
+        .federated_bundles
+        .get("spiffe://partner.example")
+        .expect("the partner's bundle is handed out");
+    let pem = std::fs::read_to_string(partner.path().join("bundle.pem")).unwrap();
+    let der: Vec<u8> = pem::parse_many(pem.as_bytes())
+        .unwrap()
+        .iter()
+        .flat_map(|p| p.contents().to_vec())
+        .collect();
+    assert_eq!(
+        bundle, &der,
+        "the partner's roots, as the partner serves them"
+    );
+
+    // removing the relationship reaches the agent's stream
+    dev.ok(&["federation", "remove", "partner.example"]);
+    let t0 = std::time::Instant::now();
+    loop {
+        let got = rt.block_on(first_svid(agent.socket.clone()));
+        if got.federated_bundles.is_empty() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "still handed out");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
