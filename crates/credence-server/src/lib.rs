@@ -27,6 +27,7 @@ mod error;
 pub mod federation;
 pub mod nodes;
 pub mod oauth;
+pub mod oidc;
 pub mod policies;
 pub mod runtime;
 pub mod service;

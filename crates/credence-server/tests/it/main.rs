@@ -3,4 +3,5 @@
 
 mod authz;
 mod nodes;
+mod oidc;
 mod service;
