@@ -449,6 +449,49 @@ impl Service {
         .map(|_| ())
     }
 
+    /// Whether a trust rule lets a verified external token become
+    /// `identity` (ADR 0007). Nothing built in permits it.
+    pub(crate) fn trust_rule(
+        &self,
+        token: &crate::oidc::VerifiedToken,
+        identity: &Identity,
+        audiences: &[String],
+        scopes: &[String],
+    ) -> Decision {
+        let mut attrs = Map::new();
+        attrs.insert("issuer".into(), json!(token.issuer_name));
+        attrs.insert("subject".into(), json!(token.subject));
+        // string claims as tags; others (numbers, lists) are not rule inputs
+        let tags: Map<String, Value> = token
+            .claims
+            .iter()
+            .filter(|(_, v)| v.is_string())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let principal = EntityData {
+            uid: EntityRef::new(
+                kind("ExternalToken"),
+                format!("{}:{}", token.issuer_name, token.subject),
+            ),
+            attrs,
+            parents: Vec::new(),
+            tags,
+        };
+        let resource = identity_entity(identity);
+        let mut context = Map::new();
+        context.insert("audiences".into(), json!(audiences));
+        context.insert("scopes".into(), json!(scopes));
+        let q = Query {
+            principal: Some(principal.uid.clone()),
+            action: Some(EntityRef::new(kind("Action"), "exchange_external_token")),
+            resource: Some(resource.uid.clone()),
+            context,
+            entities: vec![principal, resource],
+            ..Query::default()
+        };
+        self.pdp_or_builtin().engine.decide(&q)
+    }
+
     /// Whether an administrator may read this identity (for filtering
     /// listings; denials are not audited one by one).
     pub(crate) fn may_read(&self, actor: &Actor, i: &Identity) -> bool {

@@ -47,6 +47,17 @@ pub struct ServerConfig {
     pub audit: AuditSection,
     #[serde(default)]
     pub federation: FederationSection,
+    #[serde(default)]
+    pub oauth: OauthSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OauthSection {
+    /// External OIDC issuers whose tokens trust rules (Cedar policies on
+    /// `Credence::Action::"exchange_external_token"`) may exchange.
+    #[serde(default)]
+    pub external_issuers: Vec<crate::oidc::ExternalIssuer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +258,7 @@ impl ServerConfig {
                 ),
                 None => None,
             },
+            external_issuers: self.oauth.external_issuers,
         })
     }
 }

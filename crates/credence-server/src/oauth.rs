@@ -184,6 +184,9 @@ struct Ask {
     audiences: Vec<String>,
     scopes: Vec<Scope>,
     grant: &'static str,
+    /// For an external token: its issuer, subject and the rules that let
+    /// it through (recorded with the token).
+    external: Option<Value>,
 }
 
 impl Service {
@@ -291,9 +294,21 @@ impl Service {
         ep: &Endpoints,
         bound_to: Option<&ClientCert>,
     ) -> Result<(String, Duration, Option<String>), OAuthError> {
+        let external = ask.external.clone();
         let actor = Actor {
-            name: client.spiffe_id.to_string(),
-            method: "oauth_client",
+            name: match &external {
+                Some(x) => format!(
+                    "{}:{}",
+                    x["issuer"].as_str().unwrap_or(""),
+                    x["subject"].as_str().unwrap_or("")
+                ),
+                None => client.spiffe_id.to_string(),
+            },
+            method: if external.is_some() {
+                "external_token"
+            } else {
+                "oauth_client"
+            },
             request_id: None,
             client_addr: None,
             principal: crate::authz::Principal::Workload,
@@ -355,7 +370,7 @@ impl Service {
             key_fingerprint: None,
             node_id: None,
         };
-        let rec = audit(
+        let mut rec = audit(
             &actor,
             now,
             "oauth.token",
@@ -372,6 +387,10 @@ impl Service {
                 "cnf_x5t_s256": bound_to.map(ClientCert::thumbprint),
             }),
         );
+        if let Some(x) = external {
+            // who, by which issuer, under which trust rule
+            rec.details.insert("external".into(), x);
+        }
         self.store
             .record_issued(vec![(cred, rec)])
             .await
@@ -470,6 +489,9 @@ async fn token_inner(
 ) -> Result<Value, OAuthError> {
     let f = form(headers, body)?;
     let grant = required(&f, "grant_type")?;
+    if grant == TOKEN_EXCHANGE && f.contains_key("requested_subject") {
+        return external_exchange(svc, ep, cert, &f).await;
+    }
     let client = svc.oauth_client(&f, ep, cert).await?;
     let ttl = ttl(&f)?;
     let audiences = audiences(&f, ep)?;
@@ -540,6 +562,7 @@ async fn token_inner(
                 audiences,
                 scopes: asked,
                 grant,
+                external: None,
             },
             ttl,
             ep,
@@ -556,6 +579,94 @@ async fn token_inner(
     }
     if let Some(t) = issued_type {
         out["issued_token_type"] = json!(t);
+    }
+    Ok(out)
+}
+
+pub const TT_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+/// RFC 8693 exchange of an external issuer's token for the identity named
+/// by `requested_subject`, permitted only by a trust rule (ADR 0007). The
+/// external token is the credential: no client authentication.
+async fn external_exchange(
+    svc: &Service,
+    ep: &Endpoints,
+    cert: Option<&ClientCert>,
+    f: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
+    let grant_err = |d: String| OAuthError::new("invalid_grant", d);
+    if cert.is_some() || f.contains_key("client_assertion") || f.contains_key("actor_token") {
+        return Err(OAuthError::request(
+            "an external token exchange takes no client authentication and no actor_token",
+        ));
+    }
+    match required(f, "subject_token_type")? {
+        TT_JWT | TT_ID_TOKEN => {}
+        other => {
+            return Err(OAuthError::request(format!(
+                "subject_token_type {other:?}: an external token is {TT_JWT} or {TT_ID_TOKEN}"
+            )));
+        }
+    }
+    let token = required(f, "subject_token")?;
+    let verifier = svc.external_issuers().for_token(token).ok_or_else(|| {
+        grant_err("subject_token's issuer is not a configured external issuer".into())
+    })?;
+    let verified = verifier
+        .verify(token, svc.clock.now())
+        .await
+        .map_err(|e| grant_err(format!("subject_token: {e}")))?;
+    let wanted = SpiffeId::parse(required(f, "requested_subject")?)
+        .map_err(|e| OAuthError::new("invalid_target", format!("requested_subject: {e}")))?;
+    let identity = svc
+        .issuable(&wanted)
+        .await
+        .map_err(|e| OAuthError::new("invalid_target", format!("requested_subject: {e}")))?;
+    let ttl = ttl(f)?;
+    let audiences = audiences(f, ep)?;
+    let asked = scopes(f)?.unwrap_or_else(|| identity.scopes.clone());
+    let names: Vec<String> = asked.iter().map(|s| s.as_str().to_owned()).collect();
+    let decision = svc.trust_rule(&verified, &identity, &audiences, &names);
+    let who = format!("{}:{}", verified.issuer_name, verified.subject);
+    if !decision.allow {
+        let why = if decision.errors.is_empty() {
+            format!("no trust rule lets {who} become {wanted}")
+        } else {
+            format!(
+                "no trust rule lets {who} become {wanted} (evaluation failed: {})",
+                decision.errors.join("; ")
+            )
+        };
+        return Err(grant_err(why));
+    }
+    let external = json!({
+        "issuer": verified.issuer_name,
+        "subject": verified.subject,
+        "rules": decision.policies,
+    });
+    let (token, ttl, scope) = svc
+        .access_token(
+            &identity,
+            &identity,
+            Ask {
+                audiences,
+                scopes: asked,
+                grant: TOKEN_EXCHANGE,
+                external: Some(external),
+            },
+            ttl,
+            ep,
+            None,
+        )
+        .await?;
+    let mut out = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl.whole_seconds(),
+        "issued_token_type": TT_ACCESS_TOKEN,
+    });
+    if let Some(s) = scope {
+        out["scope"] = json!(s);
     }
     Ok(out)
 }

@@ -50,6 +50,8 @@ pub struct Options {
     /// `spiffe_refresh_hint` of the served bundle; `None`: half the default
     /// X509-SVID lifetime.
     pub bundle_refresh_hint: Option<std::time::Duration>,
+    /// External OIDC issuers whose tokens trust rules may exchange.
+    pub external_issuers: Vec<crate::oidc::ExternalIssuer>,
 }
 
 /// A running server.
@@ -174,6 +176,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     svc.load_policies().await?;
     svc.load_federations().await?;
     svc.set_decision_audit_allows(opts.pdp_allow_sample);
+    svc.set_external_issuers(opts.external_issuers.clone())?;
     let std_listener = std::net::TcpListener::bind(opts.listen)
         .map_err(|e| ServerError::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     std_listener

@@ -154,6 +154,8 @@ pub struct Service {
     pub(crate) decision_log: crate::authzen_api::DecisionLog,
     /// Foreign bundles of federation relationships, checked.
     pub(crate) federated: crate::federation::Cache,
+    /// External OIDC issuers whose tokens trust rules may exchange.
+    pub(crate) external_issuers: RwLock<Arc<crate::oidc::Issuers>>,
 }
 
 /// Who an X509-SVID or JWT-SVID is for, once it may be issued.
@@ -255,6 +257,7 @@ impl Service {
             ),
             decision_log: crate::authzen_api::DecisionLog::start(store_for_log, clock_for_log),
             federated: crate::federation::Cache::default(),
+            external_issuers: RwLock::new(Arc::new(crate::oidc::Issuers::default())),
         })
     }
 
@@ -263,6 +266,27 @@ impl Service {
     pub fn set_decision_audit_allows(&self, one_in: u64) {
         self.decision_audit_allows
             .store(one_in, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The external OIDC issuers whose tokens may be exchanged (each
+    /// checked; a bad one refuses the whole list).
+    pub fn set_external_issuers(
+        &self,
+        list: Vec<crate::oidc::ExternalIssuer>,
+    ) -> Result<(), ServerError> {
+        let issuers = crate::oidc::Issuers::new(list)
+            .map_err(|e| ServerError::bad("invalid_config", e.to_string()))?;
+        if let Ok(mut i) = self.external_issuers.write() {
+            *i = Arc::new(issuers);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn external_issuers(&self) -> Arc<crate::oidc::Issuers> {
+        match self.external_issuers.read() {
+            Ok(i) => i.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     pub fn decision_audit_allows(&self) -> u64 {

@@ -597,6 +597,7 @@ pub(crate) async fn start_server_with(
         checkpoint_interval: Duration::from_secs(1),
         pdp_allow_sample: credence_server::authzen_api::ALLOW_SAMPLE,
         bundle_refresh_hint: None,
+        external_issuers: Vec::new(),
         agent_listen,
     })
     .await

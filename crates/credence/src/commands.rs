@@ -27,6 +27,7 @@ pub struct DevTuning {
     pub agent_svid_ttl: time::Duration,
     pub pdp_allow_sample: u64,
     pub bundle_refresh_hint: Option<std::time::Duration>,
+    pub external_issuers: Option<PathBuf>,
 }
 
 pub async fn dev(
@@ -41,7 +42,16 @@ pub async fn dev(
         agent_svid_ttl,
         pdp_allow_sample,
         bundle_refresh_hint,
+        external_issuers,
     } = tuning;
+    let external_issuers: Vec<credence_server::oidc::ExternalIssuer> = match external_issuers {
+        Some(f) => {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| CliError(format!("{}: {e}", f.display())))?;
+            serde_json::from_str(&text).map_err(|e| CliError(format!("{}: {e}", f.display())))?
+        }
+        None => Vec::new(),
+    };
     let td: TrustDomain = trust_domain.parse().map_err(cli_err)?;
     if !listen.ip().is_loopback() {
         return Err(CliError(format!(
@@ -71,6 +81,7 @@ pub async fn dev(
         agent_listen,
         pdp_allow_sample,
         bundle_refresh_hint,
+        external_issuers,
     })
     .await
     .map_err(cli_err)?;

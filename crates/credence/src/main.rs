@@ -144,6 +144,10 @@ struct DevArgs {
     /// the default X509-SVID lifetime); federated peers refetch this often
     #[arg(long)]
     bundle_refresh_hint: Option<String>,
+    /// JSON file: a list of external OIDC issuers whose tokens trust rules
+    /// may exchange (see docs/oauth.md)
+    #[arg(long)]
+    external_issuers: Option<PathBuf>,
 }
 
 fn main() {
@@ -222,6 +226,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     agent_svid_ttl,
                     pdp_allow_sample: a.pdp_allow_sample,
                     bundle_refresh_hint,
+                    external_issuers: a.external_issuers,
                 },
                 &a.trust_domain,
                 &a.durability,

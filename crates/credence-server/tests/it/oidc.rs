@@ -267,3 +267,194 @@ async fn discovery_must_name_the_configured_issuer_and_plain_http_needs_consent(
     c.allow_insecure_http = false;
     assert!(matches!(Verifier::new(c), Err(OidcError::Config(_))));
 }
+
+/// RFC 8693 exchange of an external token at the token endpoint: only a
+/// trust rule of the active policy set lets it become an identity.
+#[tokio::test]
+async fn external_tokens_become_identities_only_through_trust_rules() {
+    use axum::http::{HeaderMap, HeaderValue, header};
+    use credence_server::oauth::{Endpoints, token_response};
+    use credence_server::policies::NewPolicySet;
+    use credence_server::service::Actor;
+
+    let k1 = key("k1");
+    let iss = start(&[&k1]).await;
+    let f = crate::service::fixture().await;
+    let svc = &f.svc;
+    // the fixture's clock is the tokens' "now"
+    let mut cfg = config(&iss);
+    cfg.name = "github".into();
+    svc.set_external_issuers(vec![cfg]).unwrap();
+    svc.create_identity(
+        &Actor::admin(),
+        serde_json::from_value(json!({
+            "spiffe_id": "spiffe://example.org/ci/acme-api", "kind": "ci_job",
+            "owner": "team-api", "scopes": ["deploy"],
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let ep = Endpoints {
+        issuer: "https://credence.example.org".into(),
+        token: "https://credence.example.org/oauth2/token".into(),
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    let t_now = credence_core::Clock::now(f.clock.as_ref()).unix_timestamp();
+    let token_for = |repo: &str, r#ref: &str| {
+        let mut c = claims(&iss);
+        c["repository"] = json!(repo);
+        c["ref"] = json!(r#ref);
+        c["iat"] = json!(t_now - 10);
+        c["exp"] = json!(t_now + 290);
+        sign(&k1, &c)
+    };
+    let exchange = |token: String, subject: &str| {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair(
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            )
+            .append_pair("subject_token", &token)
+            .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+            .append_pair("requested_subject", subject)
+            .append_pair("audience", "https://deploy.example")
+            .finish();
+        let (svc, ep, h) = (svc, &ep, &h);
+        async move {
+            let r = token_response(svc, ep, None, h, body.as_bytes()).await;
+            let status = r.status().as_u16();
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let good = || token_for("acme/api", "refs/heads/main");
+
+    // no rule, no token
+    let (s, b) = exchange(good(), "spiffe://example.org/ci/acme-api").await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{b}"
+    );
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no trust rule lets github:"),
+        "{b}"
+    );
+
+    // the rule of the README: repository and branch
+    svc.create_policy_set(
+        &Actor::admin(),
+        NewPolicySet {
+            schema: String::new(),
+            policies: r#"
+@id("ci-acme-api-main")
+permit (
+  principal is Credence::ExternalToken,
+  action == Credence::Action::"exchange_external_token",
+  resource == Credence::Identity::"spiffe://example.org/ci/acme-api"
+) when {
+  principal.issuer == "github" &&
+  principal.hasTag("repository") && principal.getTag("repository") == "acme/api" &&
+  principal.hasTag("ref") && principal.getTag("ref") == "refs/heads/main"
+};
+"#
+            .into(),
+            namespace: None,
+            note: None,
+            activate: true,
+        },
+    )
+    .await
+    .unwrap();
+    let (s, b) = exchange(good(), "spiffe://example.org/ci/acme-api").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["scope"], "deploy");
+    let access = b["access_token"].as_str().unwrap();
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(access)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "spiffe://example.org/ci/acme-api");
+    assert_eq!(claims["aud"], "https://deploy.example");
+
+    // another branch, another identity, an unknown identity
+    let (s, b) = exchange(
+        token_for("acme/api", "refs/heads/feature"),
+        "spiffe://example.org/ci/acme-api",
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{b}"
+    );
+    let (s, b) = exchange(good(), "spiffe://example.org/nope").await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_target")),
+        "{b}"
+    );
+    // forged, expired, alg none: refused before any rule
+    let forged = sign(&key("k1"), &jwt_claims(&good()));
+    let (s, b) = exchange(forged, "spiffe://example.org/ci/acme-api").await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{b}"
+    );
+    let mut old = jwt_claims(&good());
+    old["exp"] = json!(t_now - 3600);
+    old["iat"] = json!(t_now - 3700);
+    let (s, b) = exchange(sign(&k1, &old), "spiffe://example.org/ci/acme-api").await;
+    assert!(
+        s == 400 && b["error_description"].as_str().unwrap().contains("expired"),
+        "{b}"
+    );
+    let none = raw(
+        json!({"alg": "none", "kid": "k1"}),
+        &jwt_claims(&good()),
+        b"",
+    );
+    let (s, b) = exchange(none, "spiffe://example.org/ci/acme-api").await;
+    assert!(
+        s == 400 && b["error_description"].as_str().unwrap().contains("none"),
+        "{b}"
+    );
+
+    // the exchange names the external subject and the rule in the audit log
+    let found = f
+        .store
+        .search_audit(
+            &credence_store::AuditFilter {
+                action: Some("oauth.token".into()),
+                outcome: Some(credence_store::Outcome::Success),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    let ext = found
+        .iter()
+        .find_map(|(_, e)| e.details.get("external").cloned())
+        .expect("an exchange with its external subject");
+    assert_eq!(ext["issuer"], "github");
+    assert_eq!(ext["rules"], json!(["ci-acme-api-main"]));
+}
+
+fn jwt_claims(token: &str) -> Value {
+    jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+        .unwrap()
+        .claims
+}
