@@ -220,6 +220,10 @@ pub struct RemoteConfig {
     pub data_dir: PathBuf,
     /// For the first attestation.
     pub join_token: Option<String>,
+    /// Or: a file holding a token of an external OIDC issuer the server
+    /// trusts for node attestation (read when attesting: such tokens are
+    /// short-lived and rewritten by their issuer's tooling).
+    pub oidc_token_file: Option<PathBuf>,
     /// PEM trust bundle for the first attestation (afterwards the agent
     /// keeps the bundle the server hands out).
     pub trust_bundle: Option<PathBuf>,
@@ -270,12 +274,20 @@ impl RemoteUpstream {
     }
 
     async fn attest(cfg: &RemoteConfig, files: &Files) -> Result<Link, AgentError> {
-        let token = cfg.join_token.as_deref().ok_or_else(|| {
-            AgentError::Local(format!(
-                "no valid agent SVID in {} and no join token: create one with `credence node token create`",
-                cfg.data_dir.display()
-            ))
-        })?;
+        let credential = match (&cfg.join_token, &cfg.oidc_token_file) {
+            (Some(t), _) => json!({"join_token": t}),
+            (None, Some(f)) => {
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| AgentError::Local(format!("{}: {e}", f.display())))?;
+                json!({"oidc_token": t.trim()})
+            }
+            (None, None) => {
+                return Err(AgentError::Local(format!(
+                    "no valid agent SVID in {} and no join token or OIDC token: create a join token with `credence node token create`",
+                    cfg.data_dir.display()
+                )));
+            }
+        };
         let bundle_file = cfg.trust_bundle.as_ref().ok_or_else(|| {
             AgentError::Local(
                 "the first attestation needs --trust-bundle (the server's bundle.pem)".into(),
@@ -292,11 +304,11 @@ impl RemoteUpstream {
         }
         let c = client(&bundle, &cfg.trust_domain, None)?;
         let (key, csr) = key_and_csr_any()?;
-        let v = post(
-            &c,
-            &format!("{}/agent/v1/attest", cfg.server),
-            json!({"join_token": token, "csr": b64(&csr)}),
-        )
+        let v = post(&c, &format!("{}/agent/v1/attest", cfg.server), {
+            let mut body = credential;
+            body["csr"] = json!(b64(&csr));
+            body
+        })
         .await?;
         let link = Self::install_svid(cfg, files, &v, key)?;
         tracing::info!(spiffe_id = %link.svid.spiffe_id, "node attested");

@@ -206,7 +206,11 @@ fn csr(pem_or_b64: &str) -> Result<credence_ca::x509::CheckedCsr, ServerError> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AttestRequest {
-    join_token: String,
+    #[serde(default)]
+    join_token: Option<String>,
+    /// A token of a configured external OIDC issuer, instead of a join token.
+    #[serde(default)]
+    oidc_token: Option<String>,
     csr: String,
 }
 
@@ -226,17 +230,31 @@ async fn attest(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<AttestRequest>,
 ) -> Result<Json<Value>, ServerError> {
-    if req.join_token.is_empty() || req.join_token.len() > 256 {
-        return Err(ServerError::bad(
-            "invalid_join_token",
-            "join_token must be 1 to 256 characters",
-        ));
-    }
     let checked = csr(&req.csr)?;
-    let (node, svid) = st
-        .svc
-        .attest_with_join_token(&req.join_token, checked, Some(peer.to_string()))
-        .await?;
+    let (node, svid) = match (req.join_token, req.oidc_token) {
+        (Some(t), None) => {
+            if t.is_empty() || t.len() > 256 {
+                return Err(ServerError::bad(
+                    "invalid_join_token",
+                    "join_token must be 1 to 256 characters",
+                ));
+            }
+            st.svc
+                .attest_with_join_token(&t, checked, Some(peer.to_string()))
+                .await?
+        }
+        (None, Some(t)) => {
+            st.svc
+                .attest_with_oidc_token(&t, checked, Some(peer.to_string()))
+                .await?
+        }
+        _ => {
+            return Err(ServerError::bad(
+                "invalid_request",
+                "attest with exactly one of join_token and oidc_token",
+            ));
+        }
+    };
     Ok(Json(agent_svid_json(&node, &svid)))
 }
 

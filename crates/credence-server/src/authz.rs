@@ -458,6 +458,30 @@ impl Service {
         audiences: &[String],
         scopes: &[String],
     ) -> Decision {
+        let mut context = Map::new();
+        context.insert("audiences".into(), json!(audiences));
+        context.insert("scopes".into(), json!(scopes));
+        self.external_decision(
+            token,
+            "exchange_external_token",
+            identity_entity(identity),
+            context,
+        )
+    }
+
+    /// Whether a trust rule lets a verified external token attest a node.
+    pub(crate) fn node_trust_rule(&self, token: &crate::oidc::VerifiedToken) -> Decision {
+        let server = server_entity(&self.trust_domain());
+        self.external_decision(token, "attest_node", server, Map::new())
+    }
+
+    fn external_decision(
+        &self,
+        token: &crate::oidc::VerifiedToken,
+        action: &str,
+        resource: EntityData,
+        context: Map<String, Value>,
+    ) -> Decision {
         let mut attrs = Map::new();
         attrs.insert("issuer".into(), json!(token.issuer_name));
         attrs.insert("subject".into(), json!(token.subject));
@@ -477,13 +501,9 @@ impl Service {
             parents: Vec::new(),
             tags,
         };
-        let resource = identity_entity(identity);
-        let mut context = Map::new();
-        context.insert("audiences".into(), json!(audiences));
-        context.insert("scopes".into(), json!(scopes));
         let q = Query {
             principal: Some(principal.uid.clone()),
-            action: Some(EntityRef::new(kind("Action"), "exchange_external_token")),
+            action: Some(EntityRef::new(kind("Action"), action)),
             resource: Some(resource.uid.clone()),
             context,
             entities: vec![principal, resource],

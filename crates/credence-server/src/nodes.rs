@@ -212,6 +212,96 @@ impl Service {
         Ok((node, svid))
     }
 
+    /// Attests a node by a token of an external OIDC issuer (a CI runner, a
+    /// Kubernetes pod): verified strictly, then a trust rule of the active
+    /// policy set must permit `attest_node` (ADR 0007). The node is named
+    /// by the issuer and subject, so the same machine attests again as the
+    /// same node (an evicted one stays out).
+    pub async fn attest_with_oidc_token(
+        &self,
+        token: &str,
+        csr: CheckedCsr,
+        client_addr: Option<String>,
+    ) -> Result<(Node, X509Svid), ServerError> {
+        if let Some(asked) = &csr.requested_id {
+            return Err(ServerError::bad(
+                "spiffe_id_mismatch",
+                format!(
+                    "the CSR asks for {asked}, but an attesting agent's SPIFFE ID is assigned by the server: send a CSR without a URI SAN"
+                ),
+            ));
+        }
+        let actor = Actor {
+            name: "anonymous".into(),
+            method: "oidc_token",
+            request_id: None,
+            client_addr,
+            principal: crate::authz::Principal::Anonymous,
+        };
+        let refused = |why: String| ServerError::Forbidden("attestation_refused", why);
+        let verified = match self.external_issuers().for_token(token) {
+            None => Err("the token's issuer is not a configured external issuer".to_owned()),
+            Some(v) => v
+                .verify(token, self.clock.now())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(why) => {
+                self.record_refusal(&actor, "node.attest", "oidc", &why)
+                    .await;
+                return Err(refused(why));
+            }
+        };
+        let who = format!("{}:{}", verified.issuer_name, verified.subject);
+        let decision = self.node_trust_rule(&verified);
+        if !decision.allow {
+            let why = format!("no trust rule lets {who} attest a node");
+            self.record_refusal(&actor, "node.attest", &who, &why).await;
+            return Err(refused(why));
+        }
+        let digest = credence_ca::keys::sha256(
+            format!("{}\n{}", verified.issuer_name, verified.subject).as_bytes(),
+        );
+        let mut id_bytes = [0u8; 16];
+        id_bytes.copy_from_slice(&digest[..16]);
+        let id = NodeId::from_random(id_bytes);
+        let td = self.trust_domain();
+        let now = self.clock.now();
+        let node = Node {
+            id: id.clone(),
+            spiffe_id: id.agent_spiffe_id(&td)?,
+            attestation: format!("oidc:{}", verified.issuer_name),
+            token_id: None,
+            status: NodeStatus::Active,
+            agent_serial: None,
+            agent_not_after: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let rec = audit(
+            &actor,
+            now,
+            "node.attest",
+            node.spiffe_id.as_str(),
+            json!({"node": id, "method": "oidc", "issuer": verified.issuer_name,
+                   "subject": verified.subject, "rules": decision.policies}),
+        );
+        let node = match self.store.attest_node(&node, rec).await {
+            Ok(n) => n,
+            Err(StoreError::Conflict(why)) => {
+                self.record_refusal(&actor, "node.attest", &who, &why).await;
+                return Err(refused(why));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let actor = Self::node_actor(&node, actor.client_addr);
+        let svid = self.sign_agent_svid(&actor, &node, &csr).await?;
+        let node = self.get_node(&id).await?;
+        Ok((node, svid))
+    }
+
     async fn sign_agent_svid(
         &self,
         actor: &Actor,

@@ -305,6 +305,10 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditRecord,
     ) -> Result<JoinToken, StoreError>;
     async fn get_join_token(&self, id: &str) -> Result<Option<JoinToken>, StoreError>;
+    /// A node attested without a join token: inserted, or attested again
+    /// when it exists and is active (its stored row is returned); an
+    /// evicted node is a `Conflict`. With its audit record.
+    async fn attest_node(&self, node: &Node, audit: AuditRecord) -> Result<Node, StoreError>;
     async fn get_node(&self, id: &credence_core::NodeId) -> Result<Option<Node>, StoreError>;
     /// Ordered by (created_at, id).
     async fn list_nodes(&self) -> Result<Vec<Node>, StoreError>;

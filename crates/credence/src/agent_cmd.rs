@@ -25,6 +25,11 @@ pub struct AgentArgs {
     /// One-time join token for the first attestation
     #[arg(long, env = "CREDENCE_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// Instead of a join token: a file with a token of an external OIDC
+    /// issuer the server trusts for node attestation (a CI job's or a
+    /// Kubernetes pod's), read when attesting
+    #[arg(long, env = "CREDENCE_OIDC_TOKEN_FILE")]
+    oidc_token_file: Option<PathBuf>,
     /// PEM trust bundle to verify the server on first attestation
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
@@ -43,6 +48,7 @@ struct AgentFile {
     socket: Option<PathBuf>,
     trust_bundle: Option<PathBuf>,
     join_token_file: Option<PathBuf>,
+    oidc_token_file: Option<PathBuf>,
 }
 
 fn err(e: impl std::fmt::Display) -> CliError {
@@ -112,6 +118,7 @@ pub async fn run(a: AgentArgs, data_dir: Option<PathBuf>) -> Result<(), CliError
         trust_domain: td,
         data_dir,
         join_token,
+        oidc_token_file: a.oidc_token_file.or(file.oidc_token_file),
         trust_bundle,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -458,3 +458,91 @@ fn jwt_claims(token: &str) -> Value {
         .unwrap()
         .claims
 }
+
+/// A node agent attests by an external token (a CI runner, a Kubernetes
+/// pod) when a trust rule permits `attest_node`; the same issuer and
+/// subject is the same node, and an evicted node stays out.
+#[tokio::test]
+async fn nodes_attest_by_external_token_under_a_trust_rule() {
+    use credence_server::policies::NewPolicySet;
+    use credence_server::service::Actor;
+
+    let k1 = key("k1");
+    let iss = start(&[&k1]).await;
+    let f = crate::service::fixture().await;
+    let svc = &f.svc;
+    let mut cfg = config(&iss);
+    cfg.name = "k8s".into();
+    svc.set_external_issuers(vec![cfg]).unwrap();
+    let t_now = credence_core::Clock::now(f.clock.as_ref()).unix_timestamp();
+    let token = |sub: &str, ns: &str| {
+        let mut c = claims(&iss);
+        c["sub"] = json!(sub);
+        c["namespace"] = json!(ns);
+        c["iat"] = json!(t_now - 10);
+        c["exp"] = json!(t_now + 290);
+        sign(&k1, &c)
+    };
+    let csr = || crate::nodes::csr(None);
+
+    // no rule: refused, and the refusal is audited
+    let err = svc
+        .attest_with_oidc_token(&token("system:node:a", "infra"), csr(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no trust rule lets k8s:system:node:a"),
+        "{err}"
+    );
+
+    svc.create_policy_set(
+        &Actor::admin(),
+        NewPolicySet {
+            schema: String::new(),
+            policies: r#"
+@id("infra-nodes")
+permit (principal is Credence::ExternalToken, action == Credence::Action::"attest_node", resource)
+when { principal.issuer == "k8s" && principal.hasTag("namespace") && principal.getTag("namespace") == "infra" };
+"#
+            .into(),
+            namespace: None,
+            note: None,
+            activate: true,
+        },
+    )
+    .await
+    .unwrap();
+    let (node, svid) = svc
+        .attest_with_oidc_token(&token("system:node:a", "infra"), csr(), None)
+        .await
+        .unwrap();
+    assert_eq!(node.attestation, "oidc:k8s");
+    assert_eq!(svid.spiffe_id, node.spiffe_id);
+    // the same machine again: the same node
+    let (again, _) = svc
+        .attest_with_oidc_token(&token("system:node:a", "infra"), csr(), None)
+        .await
+        .unwrap();
+    assert_eq!(again.id, node.id);
+    // another namespace: no rule
+    assert!(
+        svc.attest_with_oidc_token(&token("system:node:b", "apps"), csr(), None)
+            .await
+            .is_err()
+    );
+    // a forged token: refused before any rule
+    let forged = sign(&key("k1"), &jwt_claims(&token("system:node:c", "infra")));
+    let err = svc
+        .attest_with_oidc_token(&forged, csr(), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    // evicted stays out
+    svc.evict_node(&Actor::admin(), &node.id).await.unwrap();
+    let err = svc
+        .attest_with_oidc_token(&token("system:node:a", "infra"), csr(), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("evicted"), "{err}");
+}

@@ -448,6 +448,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn attest_node(&self, node: &Node, audit: AuditRecord) -> Result<Node, StoreError> {
+        let node = node.clone();
+        self.write(move |c| Box::pin(ops::attest_node(c, node, audit)))
+            .await
+    }
+
     async fn get_join_token(&self, id: &str) -> Result<Option<JoinToken>, StoreError> {
         self.check_open()?;
         let row = sqlx::query(

@@ -385,6 +385,66 @@ pub(crate) async fn create_join_token(
     Ok(())
 }
 
+async fn insert_node(tx: &mut SqliteConnection, node: &Node) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO nodes (id, spiffe_id, attestation, token_id, status, agent_serial, \
+         agent_not_after, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(node.id.as_str())
+    .bind(node.spiffe_id.as_str())
+    .bind(node.attestation.as_str())
+    .bind(node.token_id.as_deref())
+    .bind(node.status.as_str())
+    .bind(node.agent_serial.as_deref())
+    .bind(node.agent_not_after.map(ts))
+    .bind(ts(node.created_at))
+    .bind(ts(node.updated_at))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A node attested without a join token (an external OIDC token): created,
+/// or, when it exists and is active, attested again. An evicted node stays
+/// evicted (`Conflict`).
+pub(crate) async fn attest_node(
+    ctx: &mut Ctx,
+    node: Node,
+    audit: AuditRecord,
+) -> Result<Node, StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM nodes WHERE id = ?",
+        rows::NODE_COLS
+    )))
+    .bind(node.id.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let out = match row {
+        Some(r) => {
+            let existing = rows::node(&r)?;
+            if existing.status != credence_core::NodeStatus::Active {
+                return Err(StoreError::Conflict(format!(
+                    "node {} was evicted",
+                    existing.id
+                )));
+            }
+            sqlx::query("UPDATE nodes SET updated_at = ? WHERE id = ?")
+                .bind(ts(node.updated_at))
+                .bind(node.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            existing
+        }
+        None => {
+            insert_node(&mut tx, &node).await?;
+            node
+        }
+    };
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(out)
+}
+
 pub(crate) async fn redeem_join_token(
     ctx: &mut Ctx,
     hash: String,
@@ -423,21 +483,7 @@ pub(crate) async fn redeem_join_token(
         .bind(hash.as_str())
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "INSERT INTO nodes (id, spiffe_id, attestation, token_id, status, agent_serial, \
-         agent_not_after, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(node.id.as_str())
-    .bind(node.spiffe_id.as_str())
-    .bind(node.attestation.as_str())
-    .bind(node.token_id.as_deref())
-    .bind(node.status.as_str())
-    .bind(node.agent_serial.as_deref())
-    .bind(node.agent_not_after.map(ts))
-    .bind(ts(node.created_at))
-    .bind(ts(node.updated_at))
-    .execute(&mut *tx)
-    .await?;
+    insert_node(&mut tx, &node).await?;
     commit_with(tx, &mut ctx.log, &audit).await?;
     token.used_at = Some(at);
     token.node_id = Some(node.id);

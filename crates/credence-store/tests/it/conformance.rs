@@ -1543,6 +1543,38 @@ pub async fn evict_node_revokes_its_credentials(store: &dyn Store) {
     assert_eq!(store.list_nodes().await.unwrap().len(), 1);
 }
 
+pub async fn nodes_attested_without_join_token(store: &dyn Store) {
+    let mut n = node(9);
+    n.attestation = "oidc:github".into();
+    n.token_id = None;
+    let first = store
+        .attest_node(&n, audit("node.attest", n.spiffe_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(first, n);
+    assert_eq!(store.get_node(&n.id).await.unwrap(), Some(n.clone()));
+    // the same node again: kept, not duplicated
+    let mut again = n.clone();
+    again.created_at = t(100);
+    again.updated_at = t(100);
+    let got = store
+        .attest_node(&again, audit("node.attest", n.spiffe_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(got.created_at, n.created_at);
+    assert_eq!(store.list_nodes().await.unwrap().len(), 1);
+    // evicted stays evicted
+    store
+        .evict_node(&n.id, t(200), audit("node.evict", n.id.as_str()))
+        .await
+        .unwrap();
+    let err = store
+        .attest_node(&again, audit("node.attest", n.spiffe_id.as_str()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
 pub async fn identity_nodes_round_trip(store: &dyn Store) {
     let mut i = identity(1);
     i.nodes = vec![node(1).id, node(2).id];

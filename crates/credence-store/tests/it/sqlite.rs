@@ -61,6 +61,7 @@ conformance_suite! {
         identity_nodes_round_trip,
         identity_scopes_round_trip,
         identity_federates_with_round_trip,
+        nodes_attested_without_join_token,
         federation_relationships_and_refreshes,
         admins_create_find_delete,
         policy_sets_versions_and_activation,
