@@ -536,3 +536,102 @@ fn standalone_agent_serves_federated_bundles() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A Python OIDC issuer (discovery + JWKS over HTTP on loopback) and a
+/// token it signed for a pod, written to files; serves until killed.
+const PY_ISSUER: &str = r#"
+import base64, http.server, json, os, sys, time
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+out = sys.argv[1]
+key = ec.generate_private_key(ec.SECP256R1())
+nums = key.public_key().public_numbers()
+b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+jwks = {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "x": b64(nums.x), "y": b64(nums.y)}]}
+srv = http.server.HTTPServer(("127.0.0.1", 0), None)
+url = "http://127.0.0.1:%d" % srv.server_address[1]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        doc = {"issuer": url, "jwks_uri": url + "/jwks"} if self.path.startswith("/.well-known") else jwks
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv.RequestHandlerClass = H
+now = int(time.time())
+tok = jwt.encode({"iss": url, "sub": "system:serviceaccount:infra:agent", "aud": "credence-nodes",
+                  "namespace": "infra", "iat": now, "exp": now + 600},
+                 key, algorithm="ES256", headers={"kid": "k1"})
+open(os.path.join(out, "token"), "w").write(tok)
+open(os.path.join(out, "issuers.tmp"), "w").write(json.dumps([{
+    "name": "k8s", "issuer": url, "audiences": ["credence-nodes"], "algorithms": ["ES256"],
+    "max_token_lifetime": 900, "allow_insecure_http": True}]))
+os.rename(os.path.join(out, "issuers.tmp"), os.path.join(out, "issuers.json"))
+srv.serve_forever()
+"#;
+
+#[test]
+fn agent_attests_with_an_external_oidc_token_under_a_trust_rule() {
+    if !have_py("jwt") || !have_py("cryptography") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // killed on drop, like an agent
+    let _issuer = Agent {
+        child: Command::new("python3")
+            .args(["-c", PY_ISSUER])
+            .arg(work.path())
+            .spawn()
+            .unwrap(),
+        socket: PathBuf::new(),
+    };
+    wait_for(&work.path().join("issuers.json"), "the test issuer");
+    let issuers = work.path().join("issuers.json");
+    let dev = Dev::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--external-issuers", issuers.to_str().unwrap()],
+    );
+    let rules = work.path().join("rules.cedar");
+    std::fs::write(
+        &rules,
+        r#"@id("infra-nodes")
+permit (principal is Credence::ExternalToken, action == Credence::Action::"attest_node", resource)
+when { principal.issuer == "k8s" && principal.hasTag("namespace") && principal.getTag("namespace") == "infra" };
+"#,
+    )
+    .unwrap();
+    let schema = work.path().join("empty.cedarschema");
+    std::fs::write(&schema, "").unwrap();
+    dev.ok(&[
+        "policy",
+        "push",
+        "--schema",
+        schema.to_str().unwrap(),
+        rules.to_str().unwrap(),
+        "--activate",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let child = agent_cmd(&dev, dir.path(), None)
+        .arg("--oidc-token-file")
+        .arg(work.path().join("token"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _agent = Agent {
+        child,
+        socket: socket.clone(),
+    };
+    wait_for(&socket, "the agent's socket");
+    let nodes = dev.json(&["node", "list"]);
+    let found = nodes.to_string();
+    assert!(found.contains("oidc:k8s"), "{found}");
+}

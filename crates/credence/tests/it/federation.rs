@@ -183,9 +183,20 @@ fn two_servers_federate_and_a_workload_of_a_authenticates_to_a_service_of_b() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // the change is in B's audit log
+    // a JWT key rotation in A changes the bundle's keys: B holds both
+    // the old and the new key without a restart
+    a.ok(&["jwt-key", "rotate", "--overlap", "1s"]);
+    let t0 = Instant::now();
+    while b.json(&["federation", "show", "a.example"])["bundle"]["jwt_keys"] != 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "B did not pick up A's new JWT key"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the changes are in B's audit log
     let found = b.ok(&["audit", "search", "--action", "federation.bundle"]);
-    assert!(found.lines().count() >= 2, "{found}");
+    assert!(found.lines().count() >= 3, "{found}");
     // a workload of A with an SVID from the new intermediate still gets in
     a.ok(&[
         "identity",
