@@ -76,13 +76,28 @@ fn validate(
         | Algorithm::PS512 => {}
         other => return Err(JwtError::Algorithm(other)),
     }
-    if let Some(want) = typ
-        && !header
-            .typ
-            .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case(want))
-    {
-        return Err(JwtError::Invalid(format!("header typ is not {want}")));
+    match typ {
+        Some(want) => {
+            if !header
+                .typ
+                .as_deref()
+                .is_some_and(|t| t.eq_ignore_ascii_case(want))
+            {
+                return Err(JwtError::Invalid(format!("header typ is not {want}")));
+            }
+        }
+        // a JWT-SVID's typ, when present, is JWT or JOSE (SPIFFE JWT-SVID
+        // spec §2): an access token (at+jwt) cannot pass for one
+        None => {
+            if let Some(t) = header.typ.as_deref()
+                && !t.eq_ignore_ascii_case("JWT")
+                && !t.eq_ignore_ascii_case("JOSE")
+            {
+                return Err(JwtError::Invalid(format!(
+                    "header typ {t:?} is not a JWT-SVID's (JWT or JOSE)"
+                )));
+            }
+        }
     }
     let kid = header
         .kid
@@ -123,5 +138,32 @@ fn validate(
     match data.claims {
         serde_json::Value::Object(claims) => Ok((sub, claims)),
         _ => Err(JwtError::Malformed("claims are not an object".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn access_tokens_and_jwt_svids_do_not_stand_in_for_each_other() {
+        let signer = crate::JwtSigner::new(Arc::new(crate::SoftwareKey::generate().unwrap()));
+        let bundles = HashMap::from([(
+            "spiffe://example.org".to_owned(),
+            serde_json::json!({"keys": [signer.jwk("jwt-svid")]})
+                .to_string()
+                .into_bytes(),
+        )]);
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 300;
+        let claims = serde_json::json!({"sub": "spiffe://example.org/a", "aud": "svc", "exp": exp, "iat": exp - 300, "jti": "j"});
+        let access = signer.sign_typed("at+jwt", &claims).unwrap();
+        let svid = signer.sign_typed("JWT", &claims).unwrap();
+        assert!(validate_access_token(&access, &bundles).is_ok());
+        assert!(validate_jwt_svid(&svid, "svc", &bundles).is_ok());
+        let e = validate_jwt_svid(&access, "svc", &bundles).unwrap_err();
+        assert!(e.to_string().contains("at+jwt"), "{e}");
+        let e = validate_access_token(&svid, &bundles).unwrap_err();
+        assert!(e.to_string().contains("typ"), "{e}");
     }
 }
