@@ -150,29 +150,15 @@ impl Service {
         client_addr: Option<String>,
     ) -> Result<(Node, X509Svid), ServerError> {
         // checked before the token is spent: a refused CSR must not cost it
-        if let Some(asked) = &csr.requested_id {
-            return Err(ServerError::bad(
-                "spiffe_id_mismatch",
-                format!(
-                    "the CSR asks for {asked}, but an attesting agent's SPIFFE ID is assigned by the server: send a CSR without a URI SAN"
-                ),
-            ));
-        }
-        let td = self.trust_domain();
+        no_requested_id(&csr)?;
         let now = self.clock.now();
         let id = NodeId::from_random(self.rng.bytes16());
-        let spiffe_id = id.agent_spiffe_id(&td)?;
-        let node = Node {
-            id: id.clone(),
-            spiffe_id: spiffe_id.clone(),
-            attestation: "join_token".to_owned(),
-            token_id: token.split_once('.').map(|(i, _)| i.to_owned()),
-            status: NodeStatus::Active,
-            agent_serial: None,
-            agent_not_after: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let node = self.new_node(
+            &id,
+            "join_token".to_owned(),
+            token.split_once('.').map(|(i, _)| i.to_owned()),
+        )?;
+        let spiffe_id = node.spiffe_id.clone();
         let actor = Actor {
             name: "anonymous".into(),
             method: "join_token",
@@ -223,14 +209,7 @@ impl Service {
         csr: CheckedCsr,
         client_addr: Option<String>,
     ) -> Result<(Node, X509Svid), ServerError> {
-        if let Some(asked) = &csr.requested_id {
-            return Err(ServerError::bad(
-                "spiffe_id_mismatch",
-                format!(
-                    "the CSR asks for {asked}, but an attesting agent's SPIFFE ID is assigned by the server: send a CSR without a URI SAN"
-                ),
-            ));
-        }
+        no_requested_id(&csr)?;
         let actor = Actor {
             name: "anonymous".into(),
             method: "oidc_token",
@@ -267,19 +246,8 @@ impl Service {
         let mut id_bytes = [0u8; 16];
         id_bytes.copy_from_slice(&digest[..16]);
         let id = NodeId::from_random(id_bytes);
-        let td = self.trust_domain();
         let now = self.clock.now();
-        let node = Node {
-            id: id.clone(),
-            spiffe_id: id.agent_spiffe_id(&td)?,
-            attestation: format!("oidc:{}", verified.issuer_name),
-            token_id: None,
-            status: NodeStatus::Active,
-            agent_serial: None,
-            agent_not_after: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let node = self.new_node(&id, format!("oidc:{}", verified.issuer_name), None)?;
         let rec = audit(
             &actor,
             now,
@@ -300,6 +268,27 @@ impl Service {
         let svid = self.sign_agent_svid(&actor, &node, &csr).await?;
         let node = self.get_node(&id).await?;
         Ok((node, svid))
+    }
+
+    /// A node attested now, active, with no agent SVID yet.
+    fn new_node(
+        &self,
+        id: &NodeId,
+        attestation: String,
+        token_id: Option<String>,
+    ) -> Result<Node, ServerError> {
+        let now = self.clock.now();
+        Ok(Node {
+            id: id.clone(),
+            spiffe_id: id.agent_spiffe_id(&self.trust_domain())?,
+            attestation,
+            token_id,
+            status: NodeStatus::Active,
+            agent_serial: None,
+            agent_not_after: None,
+            created_at: now,
+            updated_at: now,
+        })
     }
 
     async fn sign_agent_svid(
@@ -540,4 +529,17 @@ fn serves(identity: &Identity, node: &NodeId) -> bool {
     identity.status == IdentityStatus::Active
         && !identity.selectors.is_empty()
         && (identity.nodes.is_empty() || identity.nodes.contains(node))
+}
+
+/// An attesting agent's SPIFFE ID is the server's to assign.
+fn no_requested_id(csr: &CheckedCsr) -> Result<(), ServerError> {
+    match &csr.requested_id {
+        Some(asked) => Err(ServerError::bad(
+            "spiffe_id_mismatch",
+            format!(
+                "the CSR asks for {asked}, but an attesting agent's SPIFFE ID is assigned by the server: send a CSR without a URI SAN"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
