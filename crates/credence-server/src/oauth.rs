@@ -112,9 +112,42 @@ impl IntoResponse for OAuthError {
     }
 }
 
-/// Parameters of a form body: each name at most once (RFC 6749 §3.2),
-/// `application/x-www-form-urlencoded` only.
-pub fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+/// Parameters that may be repeated: RFC 8707 `resource` and RFC 8693
+/// `audience` name one target each.
+const MULTI: [&str; 2] = ["resource", "audience"];
+
+/// The parameters of a form body.
+#[derive(Debug, Default)]
+pub struct Form(HashMap<String, Vec<String>>);
+
+impl Form {
+    /// The value of a parameter (single-valued ones are never repeated).
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0.get(name).and_then(|v| v.first())
+    }
+
+    /// Every value of a parameter.
+    pub fn all(&self, name: &str) -> &[String] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// A form of these pairs (tests).
+    pub fn of(pairs: &[(&str, &str)]) -> Self {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in pairs {
+            m.entry((*k).to_owned()).or_default().push((*v).to_owned());
+        }
+        Self(m)
+    }
+}
+
+/// Parameters of a form body: each name at most once (RFC 6749 §3.2) but
+/// `resource` and `audience`; `application/x-www-form-urlencoded` only.
+pub fn form(headers: &HeaderMap, body: &[u8]) -> Result<Form, OAuthError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -131,16 +164,18 @@ pub fn form(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>,
             "the body is larger than {MAX_FORM} bytes"
         )));
     }
-    let mut out = HashMap::new();
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for (k, v) in form_urlencoded::parse(body) {
-        if out.insert(k.to_string(), v.into_owned()).is_some() {
+        let values = out.entry(k.to_string()).or_default();
+        if !values.is_empty() && !MULTI.contains(&k.as_ref()) {
             return Err(OAuthError::request(format!("parameter {k} is repeated")));
         }
+        values.push(v.into_owned());
     }
-    Ok(out)
+    Ok(Form(out))
 }
 
-fn required<'a>(f: &'a HashMap<String, String>, name: &str) -> Result<&'a str, OAuthError> {
+fn required<'a>(f: &'a Form, name: &str) -> Result<&'a str, OAuthError> {
     f.get(name)
         .map(String::as_str)
         .filter(|v| !v.is_empty())
@@ -202,7 +237,7 @@ impl Service {
     /// registered, active identity.
     async fn oauth_client(
         &self,
-        f: &HashMap<String, String>,
+        f: &Form,
         ep: &Endpoints,
         cert: Option<&ClientCert>,
     ) -> Result<Arc<Identity>, OAuthError> {
@@ -255,11 +290,7 @@ impl Service {
 
     /// RFC 8705 `tls_client_auth`: the client is the X509-SVID's SPIFFE ID
     /// (its chain was verified in the handshake), unrevoked and registered.
-    async fn mtls_client(
-        &self,
-        f: &HashMap<String, String>,
-        c: &ClientCert,
-    ) -> Result<Arc<Identity>, OAuthError> {
+    async fn mtls_client(&self, f: &Form, c: &ClientCert) -> Result<Arc<Identity>, OAuthError> {
         let bad = |d: String| OAuthError::new("invalid_client", d);
         let info = credence_ca::x509::svid_info(&c.leaf_der)
             .map_err(|e| bad(format!("client certificate is not an X509-SVID: {e}")))?;
@@ -436,19 +467,31 @@ impl Service {
     }
 }
 
-fn audiences(f: &HashMap<String, String>, ep: &Endpoints) -> Result<Vec<String>, OAuthError> {
-    // one `resource` (RFC 8707) or `audience` (RFC 8693) each: a form
-    // names a parameter once; several audiences are space-separated
-    let mut out: Vec<String> = ["resource", "audience"]
+fn audiences(f: &Form, ep: &Endpoints) -> Result<Vec<String>, OAuthError> {
+    let bad = |d: String| OAuthError::new("invalid_target", d);
+    // RFC 8707 §2: a resource is an absolute URI without a fragment
+    for r in f.all("resource") {
+        let scheme_ok = r.split_once(':').is_some_and(|(s, rest)| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+                && !rest.is_empty()
+        });
+        if !scheme_ok || r.contains('#') || r.chars().any(char::is_whitespace) {
+            return Err(bad(format!(
+                "resource {r:?} is not an absolute URI without a fragment"
+            )));
+        }
+    }
+    let mut out: Vec<String> = f
+        .all("resource")
         .iter()
-        .filter_map(|k| f.get(*k))
-        .flat_map(|v| v.split_whitespace().map(str::to_owned))
+        .chain(f.all("audience"))
+        .filter(|a| !a.is_empty())
+        .cloned()
         .collect();
     if out.iter().any(|a| a.len() > 512) || out.len() > 16 {
-        return Err(OAuthError::new(
-            "invalid_target",
-            "at most 16 audiences of at most 512 bytes",
-        ));
+        return Err(bad("at most 16 audiences of at most 512 bytes".into()));
     }
     out.sort();
     out.dedup();
@@ -458,7 +501,7 @@ fn audiences(f: &HashMap<String, String>, ep: &Endpoints) -> Result<Vec<String>,
     Ok(out)
 }
 
-fn scopes(f: &HashMap<String, String>) -> Result<Option<Vec<Scope>>, OAuthError> {
+fn scopes(f: &Form) -> Result<Option<Vec<Scope>>, OAuthError> {
     match f.get("scope") {
         None => Ok(None),
         Some(s) => Scope::parse_list(s.split_whitespace())
@@ -467,7 +510,7 @@ fn scopes(f: &HashMap<String, String>) -> Result<Option<Vec<Scope>>, OAuthError>
     }
 }
 
-fn ttl(f: &HashMap<String, String>) -> Result<Duration, OAuthError> {
+fn ttl(f: &Form) -> Result<Duration, OAuthError> {
     // not an RFC parameter; lets a client ask for less than the default
     match f.get("expires_in") {
         None => Ok(DEFAULT_TTL),
@@ -592,7 +635,7 @@ async fn external_exchange(
     svc: &Service,
     ep: &Endpoints,
     cert: Option<&ClientCert>,
-    f: &HashMap<String, String>,
+    f: &Form,
 ) -> Result<Value, OAuthError> {
     let grant_err = |d: String| OAuthError::new("invalid_grant", d);
     if cert.is_some() || f.contains_key("client_assertion") || f.contains_key("actor_token") {
@@ -717,7 +760,7 @@ async fn record_refusal(svc: &Service, action: &str, e: &OAuthError) {
 async fn caller(
     st: &AppState,
     headers: &HeaderMap,
-    f: &HashMap<String, String>,
+    f: &Form,
 ) -> Result<Option<Arc<Identity>>, OAuthError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -899,10 +942,12 @@ mod tests {
     fn form_bodies() {
         let h = ct("application/x-www-form-urlencoded; charset=utf-8");
         let f = form(&h, b"grant_type=client_credentials&scope=a%3Aread+b").unwrap();
-        assert_eq!(f["grant_type"], "client_credentials");
-        assert_eq!(f["scope"], "a:read b");
+        assert_eq!(f.get("grant_type").unwrap(), "client_credentials");
+        assert_eq!(f.get("scope").unwrap(), "a:read b");
         let e = form(&h, b"scope=a&scope=b").unwrap_err();
         assert!(e.description.contains("repeated"), "{e:?}");
+        let f = form(&h, b"resource=https%3A%2F%2Fa&resource=https%3A%2F%2Fb").unwrap();
+        assert_eq!(f.all("resource"), ["https://a", "https://b"]);
         let e = form(&ct("application/json"), b"{}").unwrap_err();
         assert!(e.description.contains("x-www-form-urlencoded"), "{e:?}");
         let e = form(&h, &vec![b'a'; MAX_FORM + 1]).unwrap_err();
@@ -919,22 +964,31 @@ mod tests {
             issuer: "https://c.example".into(),
             token: "https://c.example/oauth2/token".into(),
         };
-        let f: HashMap<String, String> = HashMap::new();
-        assert_eq!(audiences(&f, &ep).unwrap(), ["https://c.example"]);
-        let f = HashMap::from([
-            ("resource".to_owned(), "https://api.example".to_owned()),
-            ("audience".to_owned(), "b a".to_owned()),
+        assert_eq!(
+            audiences(&Form::default(), &ep).unwrap(),
+            ["https://c.example"]
+        );
+        // RFC 8707 and RFC 8693: several targets, each its own parameter
+        let f = Form::of(&[
+            ("resource", "https://api.example"),
+            ("resource", "spiffe://example.org/db"),
+            ("audience", "b"),
+            ("audience", "a"),
         ]);
         assert_eq!(
             audiences(&f, &ep).unwrap(),
-            ["a", "b", "https://api.example"]
+            ["a", "b", "https://api.example", "spiffe://example.org/db"]
         );
-        assert_eq!(ttl(&HashMap::new()).unwrap(), DEFAULT_TTL);
-        let f = HashMap::from([("expires_in".to_owned(), "999999".to_owned())]);
+        for bad in ["api", "https://api.example/#x", "https://a b"] {
+            let e = audiences(&Form::of(&[("resource", bad)]), &ep).unwrap_err();
+            assert_eq!(e.error, "invalid_target", "{bad}");
+        }
+        assert_eq!(ttl(&Form::default()).unwrap(), DEFAULT_TTL);
+        let f = Form::of(&[("expires_in", "999999")]);
         assert_eq!(ttl(&f).unwrap(), MAX_TTL);
-        let f = HashMap::from([("expires_in".to_owned(), "-1".to_owned())]);
+        let f = Form::of(&[("expires_in", "-1")]);
         assert!(ttl(&f).is_err());
-        let f = HashMap::from([("scope".to_owned(), "ok bad\\scope".to_owned())]);
+        let f = Form::of(&[("scope", "ok bad\\scope")]);
         assert_eq!(scopes(&f).unwrap_err().error, "invalid_scope");
     }
 }
