@@ -14,7 +14,7 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
 use credence_ca::sha256_hex;
@@ -201,8 +201,9 @@ impl Service {
     /// Attests a node by a token of an external OIDC issuer (a CI runner, a
     /// Kubernetes pod): verified strictly, then a trust rule of the active
     /// policy set must permit `attest_node` (ADR 0007). The node is named
-    /// by the issuer and subject, so the same machine attests again as the
-    /// same node (an evicted one stays out).
+    /// by the issuer and its node claim (`sub` unless configured), so
+    /// tokens naming the same machine attest the same node (an evicted one
+    /// stays out).
     pub async fn attest_with_oidc_token(
         &self,
         token: &str,
@@ -218,7 +219,11 @@ impl Service {
             principal: crate::authz::Principal::Anonymous,
         };
         let refused = |why: String| ServerError::Forbidden("attestation_refused", why);
-        let verified = match self.external_issuers().for_token(token) {
+        let verifier = self.external_issuers().for_token(token);
+        let node_claim = verifier
+            .as_ref()
+            .and_then(|v| v.issuer().node_claim.clone());
+        let verified = match verifier {
             None => Err("the token's issuer is not a configured external issuer".to_owned()),
             Some(v) => v
                 .verify(token, self.clock.now())
@@ -240,8 +245,15 @@ impl Service {
             self.record_refusal(&actor, "node.attest", &who, &why).await;
             return Err(refused(why));
         }
+        // the node is what the issuer's node claim names (default: sub)
+        let claim = node_claim.as_deref().unwrap_or("sub");
+        let Some(machine) = verified.claims.get(claim).and_then(Value::as_str) else {
+            let why = format!("the token has no string claim {claim:?} naming the node");
+            self.record_refusal(&actor, "node.attest", &who, &why).await;
+            return Err(refused(why));
+        };
         let digest = credence_ca::keys::sha256(
-            format!("{}\n{}", verified.issuer_name, verified.subject).as_bytes(),
+            format!("{}\n{claim}\n{machine}", verified.issuer_name).as_bytes(),
         );
         let mut id_bytes = [0u8; 16];
         id_bytes.copy_from_slice(&digest[..16]);

@@ -109,6 +109,12 @@ pub struct ExternalIssuer {
     /// Accept plain http:// for a loopback issuer (tests and development).
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// For node attestation: the string claim that names the machine
+    /// (tokens with the same value are one node). Default `sub`, right
+    /// when the subject is per machine; set it when many machines share
+    /// a subject (all runners of a CI workflow, all pods of a DaemonSet).
+    #[serde(default)]
+    pub node_claim: Option<String>,
 }
 
 const ACCEPTED: [(&str, Algorithm); 9] = [
@@ -171,6 +177,11 @@ impl ExternalIssuer {
         }
         if self.leeway > 300 {
             return bad("leeway must be at most 300 seconds".into());
+        }
+        if let Some(c) = &self.node_claim
+            && (c.is_empty() || c.len() > 128)
+        {
+            return bad("node_claim must be 1 to 128 characters".into());
         }
         Ok(())
     }
@@ -547,6 +558,7 @@ mod tests {
         assert!(with(&|i| i.algorithms = vec!["none".into()]).contains("none"));
         assert!(with(&|i| i.max_token_lifetime = 0).contains("max_token_lifetime"));
         assert!(with(&|i| i.name = "a b".into()).contains("name"));
+        assert!(with(&|i| i.node_claim = Some(String::new())).contains("node_claim"));
         assert!(
             serde_json::from_value::<ExternalIssuer>(serde_json::json!({
                 "name": "x", "issuer": "https://x", "audiences": ["a"], "surprise": 1

@@ -460,8 +460,9 @@ fn jwt_claims(token: &str) -> Value {
 }
 
 /// A node agent attests by an external token (a CI runner, a Kubernetes
-/// pod) when a trust rule permits `attest_node`; the same issuer and
-/// subject is the same node, and an evicted node stays out.
+/// pod) when a trust rule permits `attest_node`; tokens naming the same
+/// machine (by `sub`, or the issuer's node claim) are the same node, and
+/// an evicted node stays out.
 #[tokio::test]
 async fn nodes_attest_by_external_token_under_a_trust_rule() {
     use credence_server::policies::NewPolicySet;
@@ -545,4 +546,38 @@ when { principal.issuer == "k8s" && principal.hasTag("namespace") && principal.g
         .await
         .unwrap_err();
     assert!(err.to_string().contains("evicted"), "{err}");
+
+    // many machines sharing a subject (every pod of a DaemonSet): the
+    // issuer's node claim tells them apart, and a token without it is
+    // refused
+    let mut cfg = config(&iss);
+    cfg.name = "k8s".into();
+    cfg.node_claim = Some("node_name".into());
+    svc.set_external_issuers(vec![cfg]).unwrap();
+    let on = |machine: Option<&str>| {
+        let mut c = jwt_claims(&token("system:serviceaccount:infra:agent", "infra"));
+        if let Some(m) = machine {
+            c["node_name"] = json!(m);
+        }
+        sign(&k1, &c)
+    };
+    let (n1, _) = svc
+        .attest_with_oidc_token(&on(Some("worker-1")), csr(), None)
+        .await
+        .unwrap();
+    let (n2, _) = svc
+        .attest_with_oidc_token(&on(Some("worker-2")), csr(), None)
+        .await
+        .unwrap();
+    let (n1b, _) = svc
+        .attest_with_oidc_token(&on(Some("worker-1")), csr(), None)
+        .await
+        .unwrap();
+    assert_ne!(n1.id, n2.id);
+    assert_eq!(n1.id, n1b.id);
+    let err = svc
+        .attest_with_oidc_token(&on(None), csr(), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("node_name"), "{err}");
 }
