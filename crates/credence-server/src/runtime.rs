@@ -155,6 +155,9 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
             ));
         }
     };
+    // a bad issuer is refused before anything is created on disk
+    crate::oidc::Issuers::new(opts.external_issuers.clone())
+        .map_err(|e| ServerError::bad("invalid_config", e.to_string()))?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&opts.db_path, opts.durability)
             .await

@@ -236,3 +236,30 @@ fn missing_address_and_bad_token_fail_with_one_line() {
     assert!(err.contains("401"), "{err}");
     assert_eq!(err.trim().lines().count(), 1);
 }
+
+/// A bad external issuer stops `credence dev` with the reason, before any
+/// database or CA material is created.
+#[test]
+fn dev_refuses_a_bad_external_issuer_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuers = dir.path().join("issuers.json");
+    std::fs::write(
+        &issuers,
+        r#"[{"name": "ci", "issuer": "http://issuer.example", "audiences": ["x"]}]"#,
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let o = std::process::Command::new(crate::support::BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--agent-listen", "off"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--external-issuers")
+        .arg(&issuers)
+        .env_remove("CREDENCE_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("must be https://"), "{err}");
+    assert!(!data.join("credence.db").exists());
+}
