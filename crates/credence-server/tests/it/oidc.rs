@@ -277,14 +277,8 @@ async fn external_tokens_become_identities_only_through_trust_rules() {
     use credence_server::policies::NewPolicySet;
     use credence_server::service::Actor;
 
-    let k1 = key("k1");
-    let iss = start(&[&k1]).await;
-    let f = crate::service::fixture().await;
+    let (k1, iss, f) = trusting("github").await;
     let svc = &f.svc;
-    // the fixture's clock is the tokens' "now"
-    let mut cfg = config(&iss);
-    cfg.name = "github".into();
-    svc.set_external_issuers(vec![cfg]).unwrap();
     svc.create_identity(
         &Actor::admin(),
         serde_json::from_value(json!({
@@ -453,6 +447,18 @@ permit (
     assert_eq!(ext["rules"], json!(["ci-acme-api-main"]));
 }
 
+/// A test issuer with key `k1`, and a service trusting it under `name`
+/// (its tokens are dated by the fixture's clock).
+async fn trusting(name: &str) -> (Key, Issuer, crate::service::Fixture) {
+    let k1 = key("k1");
+    let iss = start(&[&k1]).await;
+    let f = crate::service::fixture().await;
+    let mut cfg = config(&iss);
+    cfg.name = name.into();
+    f.svc.set_external_issuers(vec![cfg]).unwrap();
+    (k1, iss, f)
+}
+
 fn jwt_claims(token: &str) -> Value {
     jsonwebtoken::dangerous::insecure_decode::<Value>(token)
         .unwrap()
@@ -468,13 +474,8 @@ async fn nodes_attest_by_external_token_under_a_trust_rule() {
     use credence_server::policies::NewPolicySet;
     use credence_server::service::Actor;
 
-    let k1 = key("k1");
-    let iss = start(&[&k1]).await;
-    let f = crate::service::fixture().await;
+    let (k1, iss, f) = trusting("k8s").await;
     let svc = &f.svc;
-    let mut cfg = config(&iss);
-    cfg.name = "k8s".into();
-    svc.set_external_issuers(vec![cfg]).unwrap();
     let t_now = credence_core::Clock::now(f.clock.as_ref()).unix_timestamp();
     let token = |sub: &str, ns: &str| {
         let mut c = claims(&iss);

@@ -581,15 +581,13 @@ fn agent_attests_with_an_external_oidc_token_under_a_trust_rule() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    // killed on drop, like an agent
-    let _issuer = Agent {
-        child: Command::new("python3")
+    let _issuer = crate::support::Killed(
+        Command::new("python3")
             .args(["-c", PY_ISSUER])
             .arg(work.path())
             .spawn()
             .unwrap(),
-        socket: PathBuf::new(),
-    };
+    );
     wait_for(&work.path().join("issuers.json"), "the test issuer");
     let issuers = work.path().join("issuers.json");
     let dev = Dev::start_with(

@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Dev, have_py};
+use crate::support::{Dev, Killed, have_py};
 
 const PY_FEDERATED_MTLS: &str = r#"
 import os, socket, ssl, sys, threading
@@ -253,15 +253,6 @@ open(port_file + ".tmp", "w").write(str(srv.server_address[1]))
 import os; os.rename(port_file + ".tmp", port_file)
 srv.serve_forever()
 "#;
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn https_spiffe_bundle_endpoint_is_authenticated_by_the_foreign_bundle() {

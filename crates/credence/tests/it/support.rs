@@ -4,6 +4,16 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_credence");
 
+/// A helper process (a test issuer, a test endpoint), killed on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `credence dev` process on a free port, killed on drop.
 pub struct Dev {
     pub dir: tempfile::TempDir,
