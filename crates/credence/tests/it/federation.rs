@@ -254,6 +254,158 @@ import os; os.rename(port_file + ".tmp", port_file)
 srv.serve_forever()
 "#;
 
+/// Serves `bundle` over TLS with `cert`/`key` on loopback (Python's ssl);
+/// the guard and the URL.
+fn bundle_endpoint(dir: &std::path::Path, cert: &str, key: &str, bundle: &str) -> (Killed, String) {
+    let port_file = dir.join("port");
+    let _ = std::fs::remove_file(&port_file);
+    let server = Killed(
+        Command::new("python3")
+            .args(["-c", PY_BUNDLE_ENDPOINT, cert, key, bundle])
+            .arg(&port_file)
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while !port_file.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "endpoint did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    (server, format!("https://127.0.0.1:{port}/"))
+}
+
+/// An `https_web` endpoint with a private CA: trusted only with the CA
+/// given as `--tls-roots`.
+#[test]
+fn https_web_bundle_endpoint_with_private_roots() {
+    if !have_py("ssl") || !crate::support::have("openssl") {
+        return;
+    }
+    let a = Dev::start_domain(tempfile::tempdir().unwrap(), "a.example", &[]);
+    let b = Dev::start_domain(tempfile::tempdir().unwrap(), "b.example", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n).to_str().unwrap().to_owned();
+    // a private CA and a certificate for 127.0.0.1 it signed
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let (ca_key, ca, key, csr, cert, ext) = (
+        w("ca.key"),
+        w("ca.pem"),
+        w("tls.key"),
+        w("tls.csr"),
+        w("tls.pem"),
+        w("ext"),
+    );
+    let mut req = vec!["req", "-x509"];
+    req.extend(ec);
+    req.extend([
+        "-subj",
+        "/CN=test CA",
+        "-days",
+        "1",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&req);
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend([
+        "-subj",
+        "/CN=bundle endpoint",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    openssl(&req);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        &cert,
+        "-extfile",
+        &ext,
+    ]);
+    let doc = a.http().get_public("/bundle").json().to_string();
+    std::fs::write(w("bundle.json"), &doc).unwrap();
+    let (_server, url) =
+        bundle_endpoint(work.path(), &w("tls.pem"), &w("tls.key"), &w("bundle.json"));
+    let add = |td: &str, roots: Option<&str>| {
+        let mut args = vec![
+            "--json",
+            "federation",
+            "add",
+            "--trust-domain",
+            td,
+            "--bundle-endpoint",
+            &url,
+        ];
+        if let Some(r) = roots {
+            args.extend(["--tls-roots", r]);
+        }
+        let o = b.cli(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    // without the private CA the endpoint is not trusted (recorded, retried)
+    let v = add("a.example", None);
+    assert!(v["bundle"].is_null(), "{v}");
+    assert!(
+        v["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot fetch"),
+        "{v}"
+    );
+    b.ok(&["federation", "remove", "a.example"]);
+    // with it, the bundle is fetched
+    let v = add("a.example", Some(&ca));
+    assert_eq!(v["last_error"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["bundle"]["x509_authorities"], 1, "{v}");
+    // roots that are not PEM certificates are refused with a reason
+    let o = b.cli(&[
+        "federation",
+        "add",
+        "--trust-domain",
+        "c.example",
+        "--bundle-endpoint",
+        &url,
+        "--tls-roots",
+        &w("bundle.json"),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tls_roots_pem"));
+}
+
 #[test]
 fn https_spiffe_bundle_endpoint_is_authenticated_by_the_foreign_bundle() {
     if !have_py("ssl") {
@@ -284,28 +436,12 @@ fn https_spiffe_bundle_endpoint_is_authenticated_by_the_foreign_bundle() {
     ]);
     let doc = a.http().get_public("/bundle").json().to_string();
     std::fs::write(w("bundle.json"), &doc).unwrap();
-    let _server = Killed(
-        Command::new("python3")
-            .args(["-c", PY_BUNDLE_ENDPOINT])
-            .args([
-                w("svid/svid.pem"),
-                w("svid/svid.key"),
-                w("bundle.json"),
-                w("port"),
-            ])
-            .spawn()
-            .unwrap(),
+    let (_server, url) = bundle_endpoint(
+        work.path(),
+        &w("svid/svid.pem"),
+        &w("svid/svid.key"),
+        &w("bundle.json"),
     );
-    let t0 = Instant::now();
-    while !work.path().join("port").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "endpoint did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let port = std::fs::read_to_string(w("port")).unwrap();
-    let url = format!("https://127.0.0.1:{port}/");
 
     // the wrong SPIFFE ID is refused (the relationship keeps the given bundle)
     let add = |td: &str, id: &str| {
