@@ -44,15 +44,17 @@ impl Resolve for HashMap<EntityRef, EntityData> {
     }
 }
 
-/// Every subject and resource a request body names (top level and each
-/// batch item), so a caller can look them up before evaluating.
-pub fn referenced(map: &Mapping, body: &Value) -> Vec<EntityRef> {
+/// Every subject and resource of Cedar type `kind` a request body names
+/// (top level and each batch item), so a caller can look them up before
+/// evaluating. Others cost nothing (this runs on every PDP request).
+pub fn referenced(map: &Mapping, body: &Value, kind: &str) -> Vec<EntityRef> {
     let mut out = Vec::new();
     let mut scan = |m: &Map<String, Value>| {
         for k in ["subject", "resource"] {
             if let Some(Value::Object(e)) = m.get(k)
                 && let (Some(Value::String(t)), Some(Value::String(id))) =
                     (e.get("type"), e.get("id"))
+                && map.names(t, kind)
             {
                 let r = EntityRef::new(map.kind(t), id.clone());
                 if !out.contains(&r) {
@@ -89,6 +91,17 @@ impl Mapping {
         match &self.namespace {
             Some(ns) if !t.contains("::") => format!("{ns}::{t}"),
             _ => t.to_owned(),
+        }
+    }
+
+    /// Whether the request type `t` maps to the Cedar type `kind`.
+    fn names(&self, t: &str, kind: &str) -> bool {
+        match &self.namespace {
+            Some(ns) if !t.contains("::") => kind
+                .strip_prefix(ns.as_str())
+                .and_then(|k| k.strip_prefix("::"))
+                .is_some_and(|k| k == t),
+            _ => t == kind,
         }
     }
 
@@ -381,4 +394,36 @@ pub fn evaluations_with(
         body: json!({ "evaluations": out }),
         items: evaluated,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referenced_names_only_the_asked_type() {
+        let ns = Mapping {
+            namespace: Some("Credence".into()),
+        };
+        let body = json!({
+            "subject": {"type": "Identity", "id": "spiffe://td/a"},
+            "resource": {"type": "Doc", "id": "d"},
+            "evaluations": [
+                {"subject": {"type": "Credence::Identity", "id": "spiffe://td/b"}},
+                {"resource": {"type": "Other::Identity", "id": "x"}},
+                {"resource": {"type": "CredenceIdentity", "id": "y"}},
+            ],
+        });
+        let ids: Vec<String> = referenced(&ns, &body, "Credence::Identity")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["spiffe://td/a", "spiffe://td/b"]);
+        // without a namespace a bare type names itself
+        let bare = Mapping::default();
+        assert!(referenced(&bare, &body, "Credence::Identity").len() == 1);
+        assert!(!bare.names("Identity", "Credence::Identity"));
+        assert!(ns.names("Identity", "Credence::Identity"));
+        assert!(!ns.names("Identity", "CredenceX::Identity"));
+    }
 }

@@ -853,7 +853,8 @@ impl Engine {
     /// set instead (a call to Cedar costs about as much as adding a
     /// policy to a set).
     fn slice(&self, pk: Keys<'_>, ak: Keys<'_>, rk: Keys<'_>) -> Result<Slice<'_>, String> {
-        let mut cells: Vec<&Cell> = self
+        // a request reaches a handful of cells: no allocation for them
+        let mut cells: smallvec::SmallVec<[&Cell; 8]> = self
             .index
             .matching(pk)
             .flat_map(|by_action| by_action.matching(ak))
@@ -1005,7 +1006,7 @@ impl Engine {
             self.slice(keys(&p, &p_anc), keys(&a, &a_anc), keys(&r, &r_anc))?
         } else {
             Slice {
-                prebuilt: vec![&self.all],
+                prebuilt: smallvec::smallvec![&self.all],
                 built: None,
             }
         };
@@ -1034,7 +1035,7 @@ enum Mode {
 /// The policy sets one decision evaluates.
 #[derive(Default)]
 struct Slice<'a> {
-    prebuilt: Vec<&'a PolicySet>,
+    prebuilt: smallvec::SmallVec<[&'a PolicySet; 4]>,
     built: Option<PolicySet>,
 }
 

@@ -203,7 +203,7 @@ fn request_id(req: &Request, svc: &Service) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| hex::encode(&svc.rng.bytes16()[..12]))
+        .unwrap_or_else(|| svc.next_request_id())
 }
 
 fn client_addr(req: &Request) -> Option<String> {

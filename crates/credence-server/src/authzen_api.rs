@@ -259,6 +259,11 @@ fn record_decisions(svc: &Arc<Service>, actor: Actor, items: &[Evaluated]) {
 const DECISION_QUEUE: usize = 65_536;
 /// Most decision records appended in one transaction.
 const DECISION_BATCH: usize = 1000;
+/// How long the first record of a batch waits for more. A transaction's
+/// cost is mostly per commit, not per record, so under load a short wait
+/// turns many small commits into a few large ones; records are off the
+/// request path, so nobody waits for them (a flush does not linger).
+const DECISION_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Decision records on their way to the audit log: queued by requests,
 /// appended in batches by one task, so a burst of denies costs a few
@@ -286,15 +291,24 @@ impl DecisionLog {
             while let Some(first) = rx.recv().await {
                 let mut batch = Vec::new();
                 let mut flushed = Vec::new();
+                let until = tokio::time::Instant::now() + DECISION_LINGER;
                 let mut next = Some(first);
                 while let Some(q) = next.take() {
                     match q {
                         Queued::Record(r) => batch.push(*r),
                         Queued::Flush(done) => flushed.push(done),
                     }
-                    if batch.len() < DECISION_BATCH {
-                        next = rx.try_recv().ok();
+                    if batch.len() >= DECISION_BATCH {
+                        break;
                     }
+                    next = match rx.try_recv() {
+                        Ok(q) => Some(q),
+                        Err(_) if !flushed.is_empty() => None,
+                        Err(_) => tokio::time::timeout_at(until, rx.recv())
+                            .await
+                            .ok()
+                            .flatten(),
+                    };
                 }
                 let n = lost.swap(0, Ordering::Relaxed);
                 if n > 0 {
@@ -440,10 +454,7 @@ async fn registry_entities(
     body: &Value,
 ) -> HashMap<EntityRef, EntityData> {
     let mut out = HashMap::new();
-    for r in authzen::referenced(map, body) {
-        if r.kind != "Credence::Identity" {
-            continue;
-        }
+    for r in authzen::referenced(map, body, "Credence::Identity") {
         let Ok(id) = credence_core::SpiffeId::parse(&r.id) else {
             continue;
         };
@@ -454,14 +465,15 @@ async fn registry_entities(
     out
 }
 
-async fn run(svc: Arc<Service>, req: Request, batch: bool) -> Response {
+async fn run(svc: Arc<Service>, mut req: Request, batch: bool) -> Response {
     let rid = req.headers().get("x-request-id").cloned();
-    let Some(actor) = req.extensions().get::<Actor>().cloned() else {
+    let Some(actor) = req.extensions_mut().remove::<Actor>() else {
         // a router without an authenticating middleware: fail closed
         return ServerError::Unauthorized.into_response();
     };
-    let headers = req.headers().clone();
-    let body = match axum::body::to_bytes(req.into_body(), MAX_AUTHZEN_BODY).await {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let body = match axum::body::to_bytes(body, MAX_AUTHZEN_BODY).await {
         Ok(b) => b,
         Err(_) => {
             return fail(

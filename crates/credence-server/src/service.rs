@@ -156,6 +156,16 @@ pub struct Service {
     pub(crate) federated: crate::federation::Cache,
     /// External OIDC issuers whose tokens trust rules may exchange.
     pub(crate) external_issuers: RwLock<Arc<crate::oidc::Issuers>>,
+    /// Ids for requests that bring none (see [`Service::next_request_id`]).
+    request_ids: RequestIds,
+}
+
+/// Request ids: a random prefix drawn once, then a counter. They correlate
+/// log lines and audit records, so they need to be unique, not secret; a
+/// fresh random id per request cost more than the rest of authenticating it.
+struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
 }
 
 /// Who an X509-SVID or JWT-SVID is for, once it may be issued.
@@ -238,6 +248,7 @@ impl Service {
         )
         .await?;
         let (store_for_log, clock_for_log) = (store.clone(), clock.clone());
+        let request_prefix = hex::encode(&rng.bytes16()[..6]);
         Ok(Self {
             audit_log,
             store,
@@ -258,7 +269,21 @@ impl Service {
             decision_log: crate::authzen_api::DecisionLog::start(store_for_log, clock_for_log),
             federated: crate::federation::Cache::default(),
             external_issuers: RwLock::new(Arc::new(crate::oidc::Issuers::default())),
+            request_ids: RequestIds {
+                prefix: request_prefix,
+                next: std::sync::atomic::AtomicU64::new(0),
+            },
         })
+    }
+
+    /// A new request id: 12 hex digits fixed for this process, then a
+    /// counter (unique across restarts with overwhelming probability).
+    pub(crate) fn next_request_id(&self) -> String {
+        let n = self
+            .request_ids
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n:08x}", self.request_ids.prefix)
     }
 
     /// Audits one PDP allow in `one_in` (0: none, 1: all); every deny is
