@@ -142,54 +142,60 @@ fn obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
         .ok_or_else(|| format!("{what} must be a JSON object"))
 }
 
-fn string(m: &Map<String, Value>, key: &str, what: &str) -> Result<String, String> {
-    match m.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+fn string(m: &mut Map<String, Value>, key: &str, what: &str) -> Result<String, String> {
+    match m.remove(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
         Some(Value::String(_)) => Err(format!("{what}.{key} must not be empty")),
         Some(Value::Null) | None => Err(format!("{what}.{key} is required")),
         Some(_) => Err(format!("{what}.{key} must be a string")),
     }
 }
 
-fn properties(m: &Map<String, Value>, what: &str) -> Result<Map<String, Value>, String> {
-    match m.get("properties") {
+fn properties(m: &mut Map<String, Value>, what: &str) -> Result<Map<String, Value>, String> {
+    match m.remove("properties") {
         None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(p)) => Ok(p.clone()),
+        Some(Value::Object(p)) => Ok(p),
         Some(_) => Err(format!("{what}.properties must be a JSON object")),
     }
 }
 
+/// The object `v`, taken (the request is consumed, not copied).
+fn take_obj(v: Option<Value>, what: &str) -> Result<Map<String, Value>, String> {
+    match v {
+        None | Some(Value::Null) => Err(format!("{what} is required")),
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(format!("{what} must be a JSON object")),
+    }
+}
+
 fn entity(
-    v: Option<&Value>,
+    v: Option<Value>,
     what: &str,
     map: &Mapping,
 ) -> Result<(EntityRef, Map<String, Value>), String> {
-    let m = match v {
-        None | Some(Value::Null) => return Err(format!("{what} is required")),
-        Some(v) => obj(v, what)?,
-    };
-    let kind = string(m, "type", what)?;
-    let id = string(m, "id", what)?;
-    Ok((EntityRef::new(map.kind(&kind), id), properties(m, what)?))
+    let mut m = take_obj(v, what)?;
+    let kind = string(&mut m, "type", what)?;
+    let id = string(&mut m, "id", what)?;
+    Ok((
+        EntityRef::new(map.kind(&kind), id),
+        properties(&mut m, what)?,
+    ))
 }
 
 /// The query of one (merged) evaluation request, and its explain flag.
 fn query(
-    fields: &Map<String, Value>,
+    mut fields: Map<String, Value>,
     map: &Mapping,
     resolver: &dyn Resolve,
 ) -> Result<(Query, bool), String> {
-    let (principal, principal_attrs) = entity(fields.get("subject"), "subject", map)?;
-    let (resource, resource_attrs) = entity(fields.get("resource"), "resource", map)?;
-    let action = match fields.get("action") {
-        None | Some(Value::Null) => return Err("action is required".into()),
-        Some(v) => obj(v, "action")?,
-    };
-    let name = string(action, "name", "action")?;
-    let action_props = properties(action, "action")?;
-    let mut context = match fields.get("context") {
+    let (principal, principal_attrs) = entity(fields.remove("subject"), "subject", map)?;
+    let (resource, resource_attrs) = entity(fields.remove("resource"), "resource", map)?;
+    let mut action = take_obj(fields.remove("action"), "action")?;
+    let name = string(&mut action, "name", "action")?;
+    let action_props = properties(&mut action, "action")?;
+    let mut context = match fields.remove("context") {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(c)) => c.clone(),
+        Some(Value::Object(c)) => c,
         Some(_) => return Err("context must be a JSON object".into()),
     };
     let explain = matches!(context.remove("explain"), Some(Value::Bool(true)));
@@ -266,7 +272,22 @@ pub fn evaluation_with(
     body: &Value,
     resolver: &dyn Resolve,
 ) -> Result<Outcome, RequestError> {
-    let fields = obj(body, "the request body").map_err(RequestError)?;
+    evaluation_owned(engine, map, body.clone(), resolver)
+}
+
+/// [`evaluation_with`] taking the body, which it consumes instead of
+/// copying (the PDP's hot path).
+pub fn evaluation_owned(
+    engine: &Engine,
+    map: &Mapping,
+    body: Value,
+    resolver: &dyn Resolve,
+) -> Result<Outcome, RequestError> {
+    let Value::Object(fields) = body else {
+        return Err(RequestError(
+            "the request body must be a JSON object".into(),
+        ));
+    };
     let (q, explain) = query(fields, map, resolver).map_err(RequestError)?;
     let decision = engine.decide(&q);
     Ok(Outcome {
@@ -352,7 +373,7 @@ pub fn evaluations_with(
                         fields.insert(k.clone(), v.clone());
                     }
                 }
-                query(&fields, map, resolver)
+                query(fields, map, resolver)
             }
             None => Err("each evaluation must be a JSON object".into()),
         };

@@ -500,7 +500,7 @@ async fn run(svc: Arc<Service>, mut req: Request, batch: bool) -> Response {
             &registry,
         )
     } else {
-        authzen::evaluation_with(&pdp.engine, &pdp.mapping, &value, &registry)
+        authzen::evaluation_owned(&pdp.engine, &pdp.mapping, value, &registry)
     };
     match outcome {
         Ok(o) => {

@@ -86,6 +86,11 @@ pub enum BenchCmd {
         /// PATH) or `both`; default: both when wrk is installed
         #[arg(long)]
         load: Option<String>,
+        /// wrk threads: one keeps the load generator's share of a small
+        /// machine low (one thread drives 64 connections without becoming
+        /// the bottleneck), so the stage measures the server
+        #[arg(long, default_value_t = 1)]
+        wrk_threads: usize,
     },
     /// Audit log: SHA-256 floor, durable appends, proofs and full
     /// verification on a large log
@@ -188,11 +193,20 @@ pub async fn run(cmd: BenchCmd) -> Result<(), CliError> {
         http_duration,
         concurrency,
         load,
+        wrk_threads,
     } = cmd
     {
         let d = humantime::parse_duration(&http_duration).map_err(err)?;
         let load = crate::bench_policy::Load::parse(load.as_deref())?;
-        return crate::bench_policy::run(policies, decisions, naive, d, concurrency, load).await;
+        return crate::bench_policy::run(
+            policies,
+            decisions,
+            naive,
+            d,
+            concurrency,
+            (load, wrk_threads.max(1)),
+        )
+        .await;
     }
     if let BenchCmd::Agent {
         svids,

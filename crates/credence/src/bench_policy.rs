@@ -178,7 +178,7 @@ pub async fn run(
     naive: usize,
     http: std::time::Duration,
     concurrency: usize,
-    load: Load,
+    (load, wrk_threads): (Load, usize),
 ) -> Result<(), CliError> {
     let t = Instant::now();
     let mut engine = Engine::compile(SCHEMA, &policies(n)).map_err(err)?;
@@ -207,7 +207,7 @@ pub async fn run(
         |q| engine.decide_unindexed(q).allow,
     )?;
     if !http.is_zero() {
-        http_stage(n, &ents, http, concurrency.max(1), load).await?;
+        http_stage(n, &ents, http, concurrency.max(1), (load, wrk_threads)).await?;
     }
     Ok(())
 }
@@ -219,7 +219,7 @@ async fn http_stage(
     ents: &[serde_json::Value],
     d: std::time::Duration,
     concurrency: usize,
-    load: Load,
+    (load, wrk_threads): (Load, usize),
 ) -> Result<(), CliError> {
     use credence_server::policies::NewPolicySet;
     use credence_server::service::Actor;
@@ -274,7 +274,7 @@ async fn http_stage(
         builtin_load(&running, &bodies, token, d, concurrency).await?;
     }
     if load != Load::Builtin {
-        wrk_load(running.addr, &bodies, token, d, concurrency).await?;
+        wrk_load(running.addr, &bodies, token, d, (concurrency, wrk_threads)).await?;
     }
     running.shutdown().await.map_err(err)?;
     Ok(())
@@ -295,10 +295,10 @@ fn json_in_process(
         let t = Instant::now();
         let v: serde_json::Value =
             serde_json::from_slice(&bodies[i % bodies.len()]).map_err(err)?;
-        let out = credence_policy::authzen::evaluation_with(
+        let out = credence_policy::authzen::evaluation_owned(
             &pdp.engine,
             &pdp.mapping,
-            &v,
+            v,
             &credence_policy::authzen::NoResolve,
         )
         .map_err(err)?;
@@ -367,7 +367,7 @@ async fn wrk_load(
     bodies: &[bytes::Bytes],
     token: &str,
     d: std::time::Duration,
-    concurrency: usize,
+    (concurrency, threads): (usize, usize),
 ) -> Result<(), CliError> {
     let wrk = which_wrk().ok_or_else(|| err("wrk is not on PATH (apt-get install wrk)"))?;
     let dir = tempfile::tempdir().map_err(err)?;
@@ -389,7 +389,7 @@ async fn wrk_load(
     );
     let script = dir.path().join("authzen.lua");
     std::fs::write(&script, lua).map_err(err)?;
-    let threads = concurrency.min(2);
+    let threads = threads.min(concurrency);
     let out = tokio::process::Command::new(wrk)
         .arg(format!("-t{threads}"))
         .arg(format!("-c{concurrency}"))
@@ -418,8 +418,13 @@ async fn wrk_load(
         )));
     }
     println!(
-        "AuthZEN over HTTP, load from wrk in a second process ({threads} threads, {concurrency} keep-alive connections; target >= 20,000/s):\n  {:>10.0} decisions/s   p50 {:.2} ms   p99 {:.2} ms   ({} decisions in {:.1}s)",
-        report.rate, report.p50_ms, report.p99_ms, report.requests, report.secs
+        "AuthZEN over HTTP, load from wrk in a second process ({threads} thread{}, {concurrency} keep-alive connections; target >= 20,000/s):\n  {:>10.0} decisions/s   p50 {:.2} ms   p99 {:.2} ms   ({} decisions in {:.1}s)",
+        if threads == 1 { "" } else { "s" },
+        report.rate,
+        report.p50_ms,
+        report.p99_ms,
+        report.requests,
+        report.secs
     );
     Ok(())
 }
