@@ -79,6 +79,7 @@ macro_rules! hex128_id {
 mod admin;
 mod clock;
 mod credential;
+mod delegation;
 mod federation;
 mod identity;
 mod node;
@@ -87,6 +88,10 @@ mod spiffe;
 pub use admin::{Admin, AdminName};
 pub use clock::{Clock, CountingRandom, ManualClock, Random, SystemClock};
 pub use credential::{RevocationReason, Serial};
+pub use delegation::{
+    Delegation, DelegationId, Exceeded, Grantor, Hop, MAX_DEPTH as MAX_DELEGATION_DEPTH, Mandate,
+    Unusable,
+};
 pub use federation::{BundleEndpointUrl, BundleProfile, FederatedBundle, Federation};
 pub use identity::{
     Identity, IdentityId, IdentityKind, IdentityStatus, Labels, Owner, Scope, Selector,

@@ -42,8 +42,8 @@ mod error;
 mod sqlite;
 
 use credence_core::{
-    Admin, AdminName, FederatedBundle, Federation, Identity, IdentityId, IdentityKind,
-    IdentityStatus, JoinToken, Node, RevocationReason, SpiffeId, TrustDomain,
+    Admin, AdminName, Delegation, DelegationId, FederatedBundle, Federation, Identity, IdentityId,
+    IdentityKind, IdentityStatus, JoinToken, Node, RevocationReason, SpiffeId, TrustDomain,
 };
 use time::OffsetDateTime;
 
@@ -190,6 +190,17 @@ pub struct IdentityFilter {
     pub labels: Vec<(String, String)>,
     /// Exact match.
     pub spiffe_id: Option<SpiffeId>,
+}
+
+/// Filter for [`Store::list_delegations`]; every given condition must hold.
+#[derive(Clone, Debug, Default)]
+pub struct DelegationFilter {
+    /// Grants held by this identity.
+    pub grantee: Option<SpiffeId>,
+    /// This grant and its descendants.
+    pub under: Option<DelegationId>,
+    /// Revoked grants too.
+    pub include_revoked: bool,
 }
 
 /// One page of a listing; pass `next_cursor` back to get the next page.
@@ -461,6 +472,43 @@ pub trait Store: Send + Sync + 'static {
         start: u64,
         limit: u32,
     ) -> Result<Vec<(u64, AuditRecord)>, StoreError>;
+
+    // delegation
+
+    /// Stores a new grant. NotFound if its parent is absent, Conflict if
+    /// the parent is revoked or the id exists, BadArgument if its chain
+    /// does not extend its parent's.
+    async fn create_delegation(&self, d: &Delegation, audit: AuditRecord)
+    -> Result<(), StoreError>;
+    async fn get_delegation(&self, id: &DelegationId) -> Result<Option<Delegation>, StoreError>;
+    /// Every grant of the chain ending at `id`, root first (NotFound if
+    /// `id` is absent).
+    async fn delegation_chain(&self, id: &DelegationId) -> Result<Vec<Delegation>, StoreError>;
+    /// Ordered by path (a chain's grants together, parents first).
+    async fn list_delegations(
+        &self,
+        filter: &DelegationFilter,
+    ) -> Result<Vec<Delegation>, StoreError>;
+    /// Counts one use of the grant and records the credential minted under
+    /// it (revoked with the grant) with its audit record, atomically.
+    /// Conflict if the grant is revoked or used up, NotFound if absent.
+    async fn record_delegated(
+        &self,
+        id: &DelegationId,
+        cred: IssuedCredential,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// Revokes the grant, every grant below it and every unexpired
+    /// credential minted under any of them, in one transaction; returns
+    /// the grants and credentials newly revoked. Revoking a revoked grant
+    /// changes nothing and writes no audit record. NotFound if absent.
+    async fn revoke_delegation(
+        &self,
+        id: &DelegationId,
+        reason: &str,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<(Vec<DelegationId>, Vec<RevokedEntry>), StoreError>;
 
     /// Finishes queued writes, then closes the database. Every later call
     /// fails with [`StoreError::Closed`]. Idempotent.

@@ -43,6 +43,11 @@ pub(crate) const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "federation",
         include_str!("../../migrations/sqlite/0006_federation.sql"),
     ),
+    (
+        7,
+        "delegations",
+        include_str!("../../migrations/sqlite/0007_delegations.sql"),
+    ),
 ];
 
 pub(crate) fn migrator() -> Migrator {

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use credence_core::{
-    Admin, AdminName, FederatedBundle, Federation, Identity, IdentityId, JoinToken, Node,
-    RevocationReason, SpiffeId, TrustDomain,
+    Admin, AdminName, Delegation, DelegationId, FederatedBundle, Federation, Identity, IdentityId,
+    JoinToken, Node, RevocationReason, SpiffeId, TrustDomain,
 };
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
@@ -23,14 +23,15 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use self::rows::{
-    ADMIN_COLS, AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, FEDERATION_COLS, IDENTITY_COLS, NODE_COLS,
-    POLICY_COLS, ts,
+    ADMIN_COLS, AUDIT_COLS, CA_COLS, CREDENTIAL_COLS, DELEGATION_COLS, FEDERATION_COLS,
+    IDENTITY_COLS, NODE_COLS, POLICY_COLS, ts,
 };
 pub use self::writer::GROUP_COMMIT_MAX;
 use self::writer::{BoxFuture, IssueRequest, Msg, WriteOp};
 use crate::{
-    AuditFilter, AuditRecord, CaRecord, CredentialKind, Durability, Hash, IdentityFilter,
-    IssuedCredential, NodeId, Page, PolicySetRecord, RevokedEntry, Store, StoreError,
+    AuditFilter, AuditRecord, CaRecord, CredentialKind, DelegationFilter, Durability, Hash,
+    IdentityFilter, IssuedCredential, NodeId, Page, PolicySetRecord, RevokedEntry, Store,
+    StoreError,
 };
 
 /// Requests that may wait for the writer before senders are slowed down.
@@ -583,6 +584,96 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.read)
                 .await?,
         )
+    }
+
+    async fn create_delegation(
+        &self,
+        d: &Delegation,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let d = d.clone();
+        self.write(move |c| Box::pin(ops::create_delegation(c, d, audit)))
+            .await
+    }
+
+    async fn get_delegation(&self, id: &DelegationId) -> Result<Option<Delegation>, StoreError> {
+        self.check_open()?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELEGATION_COLS} FROM delegations WHERE id = ?"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(rows::delegation).transpose()
+    }
+
+    async fn delegation_chain(&self, id: &DelegationId) -> Result<Vec<Delegation>, StoreError> {
+        let Some(last) = self.get_delegation(id).await? else {
+            return Err(StoreError::NotFound(format!("no delegation {id}")));
+        };
+        let mut out = Vec::with_capacity(last.chain.len());
+        for hop in &last.chain[..last.chain.len().saturating_sub(1)] {
+            let hid = DelegationId::parse(&hop.delegation)
+                .map_err(|e| rows::corrupt("delegations", "chain_json", e))?;
+            let d = self.get_delegation(&hid).await?.ok_or_else(|| {
+                rows::corrupt("delegations", "chain_json", format!("{hid} is missing"))
+            })?;
+            out.push(d);
+        }
+        out.push(last);
+        Ok(out)
+    }
+
+    async fn list_delegations(
+        &self,
+        filter: &DelegationFilter,
+    ) -> Result<Vec<Delegation>, StoreError> {
+        self.check_open()?;
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DELEGATION_COLS} FROM delegations WHERE 1 = 1"
+        ));
+        if let Some(g) = &filter.grantee {
+            qb.push(" AND grantee = ").push_bind(g.as_str().to_owned());
+        }
+        if let Some(under) = &filter.under {
+            let Some(root) = self.get_delegation(under).await? else {
+                return Ok(Vec::new());
+            };
+            let path = root.path();
+            qb.push(" AND substr(path, 1, ")
+                .push_bind(i64::try_from(path.len()).unwrap_or(i64::MAX))
+                .push(") = ")
+                .push_bind(path);
+        }
+        if !filter.include_revoked {
+            qb.push(" AND revoked_at IS NULL");
+        }
+        qb.push(" ORDER BY path LIMIT 10000");
+        let found = qb.build().fetch_all(&self.read).await?;
+        found.iter().map(rows::delegation).collect()
+    }
+
+    async fn record_delegated(
+        &self,
+        id: &DelegationId,
+        cred: IssuedCredential,
+        audit: AuditRecord,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |c| Box::pin(ops::record_delegated(c, id, cred, audit)))
+            .await
+    }
+
+    async fn revoke_delegation(
+        &self,
+        id: &DelegationId,
+        reason: &str,
+        at: OffsetDateTime,
+        audit: AuditRecord,
+    ) -> Result<(Vec<DelegationId>, Vec<RevokedEntry>), StoreError> {
+        let (id, reason) = (id.clone(), reason.to_owned());
+        self.write(move |c| Box::pin(ops::revoke_delegation(c, id, reason, at, audit)))
+            .await
     }
 
     async fn create_federation(

@@ -2,8 +2,8 @@
 //! connection (run by the writer task), audit record included.
 
 use credence_core::{
-    Admin, BundleProfile, FederatedBundle, Federation, Identity, IdentityId, JoinToken, Node,
-    NodeId, RevocationReason, SpiffeId,
+    Admin, BundleProfile, Delegation, DelegationId, FederatedBundle, Federation, Identity,
+    IdentityId, JoinToken, Node, NodeId, RevocationReason, SpiffeId,
 };
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{Connection, QueryBuilder, Transaction};
@@ -11,10 +11,10 @@ use time::OffsetDateTime;
 
 use super::log::{Ctx, Staged};
 use super::rows::{
-    self, CREDENTIAL_COLS, labels_json, nodes_json, scopes_json, selectors_json, truncate_ts,
-    trust_domains_json, ts,
+    self, CREDENTIAL_COLS, DELEGATION_COLS, grantor_json, labels_json, nodes_json, scopes_json,
+    selectors_json, truncate_ts, trust_domains_json, ts,
 };
-use crate::{AuditRecord, CaRecord, PolicySetRecord, RevokedEntry, StoreError};
+use crate::{AuditRecord, CaRecord, IssuedCredential, PolicySetRecord, RevokedEntry, StoreError};
 
 async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
     // IMMEDIATE: take the write lock up front, so a read-then-write
@@ -791,4 +791,196 @@ pub(crate) async fn record_federation_refresh(
         None => tx.commit().await?,
     }
     Ok(())
+}
+
+fn delegation_not_found(id: &DelegationId) -> StoreError {
+    StoreError::NotFound(format!("no delegation {id}"))
+}
+
+async fn delegation_in(
+    conn: &mut SqliteConnection,
+    id: &DelegationId,
+) -> Result<Option<Delegation>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELEGATION_COLS} FROM delegations WHERE id = ?"
+    )))
+    .bind(id.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(rows::delegation).transpose()
+}
+
+pub(crate) async fn create_delegation(
+    ctx: &mut Ctx,
+    d: Delegation,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let json = |v: serde_json::Value| v.to_string();
+    let chain = serde_json::to_value(&d.chain).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let principal = grantor_json(&d.principal)?;
+    let grantor = grantor_json(&d.grantor)?;
+    let max_uses = d
+        .mandate
+        .max_uses
+        .map(|u| i64::try_from(u).map_err(|e| StoreError::Invalid(format!("max uses: {e}"))))
+        .transpose()?;
+    let mut tx = begin(&mut ctx.conn).await?;
+    if let Some(parent) = &d.parent {
+        // a revoked parent's subtree is revoked: nothing new may join it
+        match delegation_in(&mut tx, parent).await? {
+            None => return Err(delegation_not_found(parent)),
+            Some(p) if p.revoked_at.is_some() => {
+                return Err(StoreError::Conflict(format!(
+                    "delegation {parent} has been revoked"
+                )));
+            }
+            Some(p) if !d.path().starts_with(&p.path()) => {
+                return Err(StoreError::BadArgument(format!(
+                    "the chain of {} does not extend its parent's",
+                    d.id
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if delegation_in(&mut tx, &d.id).await?.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "delegation {} already exists",
+            d.id
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO delegations (id, parent_id, path, chain_json, principal_json, grantor_json, \
+         grantee, scopes_json, audiences_json, max_token_ttl_seconds, max_depth, not_before, \
+         expires_at, max_uses, uses, note, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(d.id.as_str())
+    .bind(d.parent.as_ref().map(DelegationId::as_str))
+    .bind(d.path())
+    .bind(json(chain))
+    .bind(principal)
+    .bind(grantor)
+    .bind(d.grantee.as_str())
+    .bind(scopes_json(&d.mandate.scopes)?)
+    .bind(json(serde_json::json!(d.mandate.audiences)))
+    .bind(i64::from(d.mandate.max_token_ttl_seconds))
+    .bind(i64::from(d.mandate.max_depth))
+    .bind(ts(d.mandate.not_before))
+    .bind(ts(d.mandate.expires_at))
+    .bind(max_uses)
+    .bind(i64::try_from(d.uses).unwrap_or(i64::MAX))
+    .bind(d.note.as_str())
+    .bind(ts(d.created_at))
+    .execute(&mut *tx)
+    .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn record_delegated(
+    ctx: &mut Ctx,
+    id: DelegationId,
+    cred: IssuedCredential,
+    audit: AuditRecord,
+) -> Result<(), StoreError> {
+    let mut tx = begin(&mut ctx.conn).await?;
+    // counted only while usable: the check and the count are one statement
+    let done = sqlx::query(
+        "UPDATE delegations SET uses = uses + 1 \
+         WHERE id = ? AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
+    )
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(match delegation_in(&mut tx, &id).await? {
+            None => delegation_not_found(&id),
+            Some(d) if d.revoked_at.is_some() => {
+                StoreError::Conflict(format!("delegation {id} has been revoked"))
+            }
+            Some(_) => StoreError::Conflict(format!("delegation {id} is used up")),
+        });
+    }
+    sqlx::query(
+        "INSERT INTO credentials (serial, kind, identity_id, spiffe_id, issuer, not_before, \
+         not_after, key_fingerprint, node_id, delegation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(cred.serial.as_str())
+    .bind(cred.kind.as_str())
+    .bind(cred.identity_id.as_str())
+    .bind(cred.spiffe_id.as_str())
+    .bind(cred.issuer.as_str())
+    .bind(ts(cred.not_before))
+    .bind(ts(cred.not_after))
+    .bind(cred.key_fingerprint.as_deref())
+    .bind(cred.node_id.as_ref().map(|n| n.as_str()))
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(format!("a credential with serial {} exists", cred.serial))
+        }
+        other => other.into(),
+    })?;
+    sqlx::query("UPDATE identities SET last_issued_at = ? WHERE id = ?")
+        .bind(ts(audit.time))
+        .bind(cred.identity_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    Ok(())
+}
+
+pub(crate) async fn revoke_delegation(
+    ctx: &mut Ctx,
+    id: DelegationId,
+    reason: String,
+    at: OffsetDateTime,
+    audit: AuditRecord,
+) -> Result<(Vec<DelegationId>, Vec<RevokedEntry>), StoreError> {
+    let at = truncate_ts(at);
+    let mut tx = begin(&mut ctx.conn).await?;
+    let Some(d) = delegation_in(&mut tx, &id).await? else {
+        return Err(delegation_not_found(&id));
+    };
+    if d.revoked_at.is_some() {
+        // idempotent: its subtree was revoked with it
+        tx.rollback().await?;
+        return Ok((Vec::new(), Vec::new()));
+    }
+    // the subtree: this grant and every grant whose path extends its own
+    let path = d.path();
+    let len = i64::try_from(path.len()).unwrap_or(i64::MAX);
+    let grants: Vec<String> = sqlx::query_scalar(
+        "UPDATE delegations SET revoked_at = ?, revocation_reason = ? \
+         WHERE substr(path, 1, ?) = ? AND revoked_at IS NULL RETURNING id",
+    )
+    .bind(ts(at))
+    .bind(reason.as_str())
+    .bind(len)
+    .bind(path.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE credentials SET revoked_at = ?, revocation_reason = ? \
+         WHERE delegation_id IN (SELECT id FROM delegations WHERE substr(path, 1, ?) = ?) \
+         AND revoked_at IS NULL AND not_after > ? RETURNING {CREDENTIAL_COLS}"
+    )))
+    .bind(ts(at))
+    .bind(RevocationReason::PrivilegeWithdrawn.as_str())
+    .bind(len)
+    .bind(path.as_str())
+    .bind(ts(at))
+    .fetch_all(&mut *tx)
+    .await?;
+    let entries = revoked_rows(&updated)?;
+    commit_with(tx, &mut ctx.log, &audit).await?;
+    let mut ids = grants
+        .iter()
+        .map(|g| DelegationId::parse(g).map_err(|e| rows::corrupt("delegations", "id", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort();
+    Ok((ids, entries))
 }

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use credence_core::{
-    Admin, AdminName, BundleEndpointUrl, BundleProfile, FederatedBundle, Federation, Identity,
-    IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId, NodeStatus, Owner,
-    RevocationReason, Scope, Selector, SpiffeId, TrustDomain,
+    Admin, AdminName, BundleEndpointUrl, BundleProfile, Delegation, DelegationId, FederatedBundle,
+    Federation, Grantor, Hop, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken,
+    Labels, Mandate, Node, NodeId, NodeStatus, Owner, RevocationReason, Scope, Selector, SpiffeId,
+    TrustDomain,
 };
 use sqlx::sqlite::{Sqlite, SqliteRow};
 use sqlx::{Decode, Row, Type};
@@ -362,4 +363,66 @@ pub(crate) fn audit(row: &SqliteRow) -> Result<(u64, AuditRecord), StoreError> {
     let leaf: Vec<u8> = get(row, T, "leaf")?;
     let event = AuditRecord::from_leaf_bytes(&leaf).map_err(|e| corrupt(T, "leaf", e))?;
     Ok((idx, event))
+}
+
+pub(crate) const DELEGATION_COLS: &str = "id, parent_id, chain_json, principal_json, \
+    grantor_json, grantee, scopes_json, audiences_json, max_token_ttl_seconds, max_depth, \
+    not_before, expires_at, max_uses, uses, note, created_at, revoked_at, revocation_reason";
+
+pub(crate) fn grantor_json(g: &Grantor) -> Result<String, StoreError> {
+    serde_json::to_string(g).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+pub(crate) fn delegation(row: &SqliteRow) -> Result<Delegation, StoreError> {
+    const T: &str = "delegations";
+    let json = |col: &str| -> Result<serde_json::Value, StoreError> {
+        let s: String = get(row, T, col)?;
+        serde_json::from_str(&s).map_err(|e| corrupt(T, col, e))
+    };
+    let grantor = |col: &str| -> Result<Grantor, StoreError> {
+        serde_json::from_value(json(col)?).map_err(|e| corrupt(T, col, e))
+    };
+    let id_col = |col: &str| -> Result<Option<DelegationId>, StoreError> {
+        let v: Option<String> = get(row, T, col)?;
+        v.map(|v| DelegationId::parse(&v).map_err(|e| corrupt(T, col, e)))
+            .transpose()
+    };
+    let unsigned = |col: &str| -> Result<u64, StoreError> {
+        let v: i64 = get(row, T, col)?;
+        u64::try_from(v).map_err(|e| corrupt(T, col, e))
+    };
+    let small = |col: &str| -> Result<u32, StoreError> {
+        u32::try_from(unsigned(col)?).map_err(|e| corrupt(T, col, e))
+    };
+    let scopes: Vec<String> =
+        serde_json::from_value(json("scopes_json")?).map_err(|e| corrupt(T, "scopes_json", e))?;
+    let max_uses: Option<i64> = get(row, T, "max_uses")?;
+    let grantee: String = get(row, T, "grantee")?;
+    Ok(Delegation {
+        id: id_col("id")?.ok_or_else(|| corrupt(T, "id", "missing"))?,
+        parent: id_col("parent_id")?,
+        chain: serde_json::from_value::<Vec<Hop>>(json("chain_json")?)
+            .map_err(|e| corrupt(T, "chain_json", e))?,
+        principal: grantor("principal_json")?,
+        grantor: grantor("grantor_json")?,
+        grantee: SpiffeId::parse(&grantee).map_err(|e| corrupt(T, "grantee", e))?,
+        mandate: Mandate {
+            scopes: Scope::parse_list(scopes.iter().map(String::as_str))
+                .map_err(|e| corrupt(T, "scopes_json", e))?,
+            audiences: serde_json::from_value(json("audiences_json")?)
+                .map_err(|e| corrupt(T, "audiences_json", e))?,
+            max_token_ttl_seconds: small("max_token_ttl_seconds")?,
+            max_depth: small("max_depth")?,
+            not_before: time_col(row, T, "not_before")?,
+            expires_at: time_col(row, T, "expires_at")?,
+            max_uses: max_uses
+                .map(|u| u64::try_from(u).map_err(|e| corrupt(T, "max_uses", e)))
+                .transpose()?,
+        },
+        uses: unsigned("uses")?,
+        note: get(row, T, "note")?,
+        created_at: time_col(row, T, "created_at")?,
+        revoked_at: opt_time_col(row, T, "revoked_at")?,
+        revocation_reason: get(row, T, "revocation_reason")?,
+    })
 }

@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 
 use credence_core::{
-    Admin, AdminName, BundleEndpointUrl, BundleProfile, FederatedBundle, Federation, Identity,
-    IdentityId, IdentityKind, IdentityStatus, JoinToken, Labels, Node, NodeId, NodeStatus, Owner,
-    RevocationReason, Scope, Selector, SpiffeId, TrustDomain,
+    Admin, AdminName, BundleEndpointUrl, BundleProfile, Delegation, DelegationId, FederatedBundle,
+    Federation, Grantor, Hop, Identity, IdentityId, IdentityKind, IdentityStatus, JoinToken,
+    Labels, Mandate, Node, NodeId, NodeStatus, Owner, RevocationReason, Scope, Selector, SpiffeId,
+    TrustDomain,
 };
 use credence_store::{
-    AuditActor, AuditRecord, CaRecord, CredentialKind, IdentityFilter, IssuedCredential, Outcome,
-    PolicySetRecord, Store, StoreError,
+    AuditActor, AuditRecord, CaRecord, CredentialKind, DelegationFilter, IdentityFilter,
+    IssuedCredential, Outcome, PolicySetRecord, Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -1894,5 +1895,214 @@ pub async fn policy_sets_versions_and_activation(store: &dyn Store) {
     assert_eq!(
         store.policy_entities().await.unwrap().as_deref(),
         Some("[{}]")
+    );
+}
+
+fn grant(
+    n: u8,
+    parent: Option<&Delegation>,
+    grantee: &Identity,
+    max_uses: Option<u64>,
+) -> Delegation {
+    let id = DelegationId::from_random([n; 16]);
+    let mut chain = parent.map(|p| p.chain.clone()).unwrap_or_default();
+    chain.push(Hop {
+        delegation: id.as_str().to_owned(),
+        grantee: grantee.spiffe_id.as_str().to_owned(),
+    });
+    let principal = Grantor::External {
+        issuer: "corp".into(),
+        subject: "alice".into(),
+    };
+    Delegation {
+        id,
+        parent: parent.map(|p| p.id.clone()),
+        chain,
+        grantor: match parent {
+            None => principal.clone(),
+            Some(p) => Grantor::Identity {
+                spiffe_id: p.grantee.as_str().to_owned(),
+            },
+        },
+        principal,
+        grantee: grantee.spiffe_id.clone(),
+        mandate: Mandate {
+            scopes: Scope::parse_list(["docs:read"]).unwrap(),
+            audiences: vec!["https://docs".into()],
+            max_token_ttl_seconds: 300,
+            max_depth: 5,
+            not_before: t(0),
+            expires_at: t(3600),
+            max_uses,
+        },
+        uses: 0,
+        note: format!("grant {n}"),
+        created_at: t(0),
+        revoked_at: None,
+        revocation_reason: None,
+    }
+}
+
+/// A chain of grants round-trips; uses are counted against the limit in
+/// the transaction that records the token; revoking a link revokes the
+/// links below it and what was minted under them, not those above.
+pub async fn delegation_chains_and_cascade_revocation(store: &dyn Store) {
+    let agents: Vec<Identity> = (1..=4).map(identity).collect();
+    for a in &agents {
+        create(store, a).await;
+    }
+    let mut chain: Vec<Delegation> = Vec::new();
+    for (n, a) in agents.iter().enumerate() {
+        let uses = if n == 3 { Some(1) } else { None };
+        let g = grant(n as u8 + 1, chain.last(), a, uses);
+        store
+            .create_delegation(&g, audit("delegation.create", g.id.as_str()))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_delegation(&g.id).await.unwrap().as_ref(),
+            Some(&g)
+        );
+        chain.push(g);
+    }
+    assert_eq!(last_audit(store).await.action, "delegation.create");
+    let got = store.delegation_chain(&chain[3].id).await.unwrap();
+    assert_eq!(got, chain);
+    assert_eq!(chain[3].depth(), 4);
+    // duplicates and unknown parents
+    let dup = store
+        .create_delegation(&chain[0], audit("delegation.create", "dup"))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    let mut orphan = grant(9, Some(&chain[3]), &agents[0], None);
+    orphan.parent = Some(DelegationId::from_random([0xee; 16]));
+    let r = store.create_delegation(&orphan, audit("x", "y")).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+    // listings
+    let all = store
+        .list_delegations(&DelegationFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all, chain);
+    let under = store
+        .list_delegations(&DelegationFilter {
+            under: Some(chain[1].id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(under, chain[1..].to_vec());
+    let held = store
+        .list_delegations(&DelegationFilter {
+            grantee: Some(agents[2].spiffe_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(held, vec![chain[2].clone()]);
+    // a token under each grant; the last grant allows one use
+    for (n, g) in chain.iter().enumerate() {
+        let c = cred(&agents[n], &format!("tok{n}"), t(600));
+        store
+            .record_delegated(&g.id, c, audit("oauth.token", g.id.as_str()))
+            .await
+            .unwrap();
+    }
+    let again = store
+        .record_delegated(
+            &chain[3].id,
+            cred(&agents[3], "tok-again", t(600)),
+            audit("oauth.token", "x"),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(ref m)) if m.contains("used up")),
+        "{again:?}"
+    );
+    assert!(store.get_credential("tok-again").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .get_delegation(&chain[3].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .uses,
+        1
+    );
+    // revoke the second link: it and everything below, not the root
+    let (grants, creds) = store
+        .revoke_delegation(
+            &chain[1].id,
+            "compromised",
+            t(100),
+            audit("delegation.revoke", "x"),
+        )
+        .await
+        .unwrap();
+    let mut below: Vec<DelegationId> = chain[1..].iter().map(|g| g.id.clone()).collect();
+    below.sort();
+    assert_eq!(grants, below);
+    let mut serials: Vec<&str> = creds.iter().map(|c| c.serial.as_str()).collect();
+    serials.sort_unstable();
+    assert_eq!(serials, ["tok1", "tok2", "tok3"]);
+    assert!(!store.is_revoked("tok0").await.unwrap());
+    assert!(store.is_revoked("tok2").await.unwrap());
+    let g2 = store.get_delegation(&chain[2].id).await.unwrap().unwrap();
+    assert_eq!(g2.revoked_at, Some(t(100)));
+    assert_eq!(g2.revocation_reason.as_deref(), Some("compromised"));
+    assert!(
+        store
+            .get_delegation(&chain[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    let live = store
+        .list_delegations(&DelegationFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!((&live[0].id, live[0].uses), (&chain[0].id, 1));
+    // nothing new joins a revoked subtree, nothing is minted under it
+    let late = grant(10, Some(&chain[2]), &agents[0], None);
+    let r = store.create_delegation(&late, audit("x", "y")).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    let r = store
+        .record_delegated(
+            &chain[2].id,
+            cred(&agents[2], "tok-late", t(600)),
+            audit("x", "y"),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Conflict(ref m)) if m.contains("revoked")),
+        "{r:?}"
+    );
+    // revoking again changes nothing and records nothing
+    let before = store.audit_count().await.unwrap();
+    let (g, c) = store
+        .revoke_delegation(
+            &chain[2].id,
+            "again",
+            t(200),
+            audit("delegation.revoke", "y"),
+        )
+        .await
+        .unwrap();
+    assert!(g.is_empty() && c.is_empty());
+    assert_eq!(store.audit_count().await.unwrap(), before);
+    let missing = store
+        .revoke_delegation(
+            &DelegationId::from_random([0x77; 16]),
+            "x",
+            t(1),
+            audit("x", "y"),
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
     );
 }

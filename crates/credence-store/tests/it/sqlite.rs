@@ -63,6 +63,7 @@ conformance_suite! {
         identity_federates_with_round_trip,
         nodes_attested_without_join_token,
         federation_relationships_and_refreshes,
+        delegation_chains_and_cascade_revocation,
         admins_create_find_delete,
         policy_sets_versions_and_activation,
     ];
