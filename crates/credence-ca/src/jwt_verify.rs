@@ -50,6 +50,53 @@ pub fn validate_access_token(
     validate(token, None, bundles, Some("at+jwt"))
 }
 
+/// Validates a token this server signed (`iss` aside): header `typ` must
+/// be `typ`, the key one of `jwks` (the server's own JWKS), `exp` in the
+/// future. For tokens whose `sub` is not a SPIFFE ID, such as delegated
+/// tokens whose subject is a person (RFC 8693 `sub` with `act`).
+pub fn validate_own(
+    token: &str,
+    typ: &str,
+    jwks: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
+    if token.len() > MAX_TOKEN {
+        return Err(JwtError::Malformed(format!(
+            "longer than {MAX_TOKEN} bytes"
+        )));
+    }
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    if header.alg != Algorithm::ES256 {
+        return Err(JwtError::Algorithm(header.alg));
+    }
+    if !header
+        .typ
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case(typ))
+    {
+        return Err(JwtError::Invalid(format!("header typ is not {typ}")));
+    }
+    let kid = header
+        .kid
+        .ok_or_else(|| JwtError::Malformed("header has no kid".into()))?;
+    let set: JwkSet =
+        serde_json::from_slice(jwks).map_err(|e| JwtError::Invalid(format!("JWKS: {e}")))?;
+    let jwk = set
+        .find(&kid)
+        .ok_or_else(|| JwtError::UnknownKey(kid.clone(), "this server".into()))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Invalid(e.to_string()))?;
+    let mut v = Validation::new(header.alg);
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp", "sub", "iss"]);
+    v.leeway = 30;
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
+        .map_err(|e| JwtError::Invalid(e.to_string()))?;
+    match data.claims {
+        serde_json::Value::Object(claims) => Ok(claims),
+        _ => Err(JwtError::Malformed("claims are not an object".into())),
+    }
+}
+
 fn validate(
     token: &str,
     audience: Option<&str>,

@@ -62,6 +62,14 @@ pub fn referenced(map: &Mapping, body: &Value, kind: &str) -> Vec<EntityRef> {
                 }
             }
         }
+        // entity references among the context's values (Cedar JSON form)
+        if let Some(Value::Object(c)) = m.get("context") {
+            for r in context_refs(c) {
+                if r.kind == kind && !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
     };
     if let Some(top) = body.as_object() {
         scan(top);
@@ -72,6 +80,22 @@ pub fn referenced(map: &Mapping, body: &Value, kind: &str) -> Vec<EntityRef> {
         }
     }
     out
+}
+
+/// Entities the context's top-level values name as
+/// `{"__entity": {"type", "id"}}` (types written in full).
+fn context_refs(c: &Map<String, Value>) -> Vec<EntityRef> {
+    c.values()
+        .filter_map(|v| match v.get("__entity") {
+            Some(Value::Object(e)) => match (e.get("type"), e.get("id")) {
+                (Some(Value::String(t)), Some(Value::String(id))) => {
+                    Some(EntityRef::new(t.clone(), id.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// A request the PDP cannot evaluate at all (HTTP 400).
@@ -202,8 +226,10 @@ fn query(
     if !action_props.is_empty() {
         context.insert("action".into(), Value::Object(action_props));
     }
+    let refs = context_refs(&context);
     let entities = [&principal, &resource]
         .into_iter()
+        .chain(refs.iter())
         .filter_map(|e| resolver.resolve(e))
         .collect();
     Ok((

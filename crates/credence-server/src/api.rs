@@ -89,6 +89,11 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         require_pdp_caller,
     ));
+    // administrators and agents (JWT-SVID); the service decides per grant
+    let delegations = crate::delegation::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_pdp_caller,
+    ));
 
     Router::new()
         .route("/healthz", get(healthz))
@@ -112,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/introspect", post(crate::oauth::introspect))
         .route("/oauth2/revoke", post(crate::oauth::revoke))
         .merge(pdp)
+        .merge(delegations)
         .nest("/v1", admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -95,6 +95,8 @@ pub enum AdminAction {
     ManageAdmins,
     RevokeUnregistered,
     ManageFederation,
+    CreateDelegation,
+    RevokeDelegation,
 }
 
 impl AdminAction {
@@ -115,6 +117,8 @@ impl AdminAction {
             Self::ManageAdmins => "manage_admins",
             Self::RevokeUnregistered => "revoke_unregistered",
             Self::ManageFederation => "manage_federation",
+            Self::CreateDelegation => "create_delegation",
+            Self::RevokeDelegation => "revoke_delegation",
         }
     }
 }
@@ -290,6 +294,8 @@ pub struct IssueRequest<'a> {
     /// An OAuth access token by this grant type (with `jwt`'s audiences
     /// and scopes), not a JWT-SVID.
     pub access_grant: Option<&'a str>,
+    /// An on-behalf-of token's grant (`DelegationChain` in the schema).
+    pub delegation: Option<Value>,
     pub ttl_seconds: i64,
     /// The node whose agent asked, if any.
     pub node: Option<&'a str>,
@@ -297,7 +303,7 @@ pub struct IssueRequest<'a> {
 
 impl Service {
     /// Asks the engine; allowed or an audited [`ServerError::Forbidden`].
-    async fn enforce(
+    pub(crate) async fn enforce(
         &self,
         actor: &Actor,
         q: Query,
@@ -426,6 +432,9 @@ impl Service {
                 match grant {
                     Some(g) => {
                         context.insert("grant_type".into(), json!(g));
+                        if let Some(d) = req.delegation {
+                            context.insert("delegation".into(), d);
+                        }
                         ("issue_access_token", "oauth.token")
                     }
                     None => ("issue_jwt_svid", "jwt.issue"),
@@ -542,7 +551,7 @@ impl Service {
 }
 
 /// The refusal message: what was refused, and by which policies or errors.
-fn refusal(what: &str, d: &Decision) -> String {
+pub(crate) fn refusal(what: &str, d: &Decision) -> String {
     if !d.errors.is_empty() {
         format!("{what} (evaluation failed: {})", d.errors.join("; "))
     } else if !d.policies.is_empty() {
@@ -556,7 +565,7 @@ fn refusal(what: &str, d: &Decision) -> String {
 mod tests {
     use super::*;
 
-    const ALL_ADMIN_ACTIONS: [AdminAction; 15] = [
+    const ALL_ADMIN_ACTIONS: [AdminAction; 17] = [
         AdminAction::ReadIdentity,
         AdminAction::CreateIdentity,
         AdminAction::UpdateIdentity,
@@ -572,6 +581,8 @@ mod tests {
         AdminAction::ManageAdmins,
         AdminAction::RevokeUnregistered,
         AdminAction::ManageFederation,
+        AdminAction::CreateDelegation,
+        AdminAction::RevokeDelegation,
     ];
 
     /// The shortcut for the root administrator (no Cedar call when no

@@ -454,6 +454,11 @@ async fn registry_entities(
     body: &Value,
 ) -> HashMap<EntityRef, EntityData> {
     let mut out = HashMap::new();
+    for r in authzen::referenced(map, body, "Credence::Delegation") {
+        if let Some(d) = svc.delegation_entity(&r.id).await {
+            out.insert(r, d);
+        }
+    }
     for r in authzen::referenced(map, body, "Credence::Identity") {
         let Ok(id) = credence_core::SpiffeId::parse(&r.id) else {
             continue;

@@ -10,7 +10,8 @@
 //! [`nodes`] attests node agents (join tokens), authenticates them by their
 //! SVID and decides what each node's agent may fetch for its workloads.
 //! [`authz`] decides, with the policy engine, what each administrator may
-//! do and which credentials each identity may receive.
+//! do and which credentials each identity may receive. [`delegation`]
+//! keeps agents' mandates to act for a principal, chains that only narrow.
 //!
 //! Errors become HTTP statuses in exactly one place, [`ServerError`]'s
 //! `IntoResponse`, which always answers `{"error": code, "message": text}`.
@@ -23,6 +24,7 @@ pub mod authority;
 pub mod authz;
 pub mod authzen_api;
 pub mod config;
+pub mod delegation;
 mod error;
 pub mod federation;
 pub mod nodes;

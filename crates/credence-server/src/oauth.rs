@@ -225,6 +225,13 @@ struct Ask {
 }
 
 impl Service {
+    /// The claims of an access token this server issued (signature, typ
+    /// and expiry checked; revocation not), whatever its `sub` names.
+    pub(crate) fn own_access_token(&self, token: &str) -> Option<serde_json::Map<String, Value>> {
+        let jwks = self.authority().jwks().to_string();
+        credence_ca::jwt_verify::validate_own(token, "at+jwt", jwks.as_bytes()).ok()
+    }
+
     fn own_bundles(&self) -> HashMap<String, Vec<u8>> {
         let auth = self.authority();
         HashMap::from([(
@@ -351,6 +358,7 @@ impl Service {
                 identity: subject,
                 jwt: Some((&ask.audiences, &scope_names)),
                 access_grant: Some(ask.grant),
+                delegation: None,
                 ttl_seconds: ttl.whole_seconds(),
                 node: None,
             },
@@ -535,6 +543,9 @@ async fn token_inner(
     if grant == TOKEN_EXCHANGE && f.contains_key("requested_subject") {
         return external_exchange(svc, ep, cert, &f).await;
     }
+    if grant == TOKEN_EXCHANGE && f.contains_key("actor_token") {
+        return delegated_exchange(svc, ep, cert, &f).await;
+    }
     let client = svc.oauth_client(&f, ep, cert).await?;
     let ttl = ttl(&f)?;
     let audiences = audiences(&f, ep)?;
@@ -545,11 +556,6 @@ async fn token_inner(
             (client.clone(), asked, CLIENT_CREDENTIALS, None)
         }
         TOKEN_EXCHANGE => {
-            if f.contains_key("actor_token") {
-                return Err(OAuthError::request(
-                    "actor_token (delegation) is not supported yet",
-                ));
-            }
             if let Some(t) = f.get("requested_token_type")
                 && t != TT_ACCESS_TOKEN
             {
@@ -791,14 +797,13 @@ async fn introspect_inner(
     let who = caller(st, headers, &f).await?;
     let token = required(&f, "token")?;
     let inactive = json!({"active": false});
-    let Ok((sub, claims)) =
-        credence_ca::jwt_verify::validate_access_token(token, &st.svc.own_bundles())
-    else {
+    let Some(claims) = st.svc.own_access_token(token) else {
         return Ok(inactive);
     };
+    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
     // a client learns only about its own tokens (RFC 7662 §4)
     if let Some(c) = &who
-        && c.spiffe_id != sub
+        && c.spiffe_id.as_str() != sub
         && claims.get("client_id").and_then(Value::as_str) != Some(c.spiffe_id.as_str())
     {
         return Ok(inactive);
@@ -822,6 +827,7 @@ async fn introspect_inner(
         "exp",
         "iat",
         "jti",
+        "act",
     ] {
         if let Some(v) = claims.get(k) {
             out[k] = v.clone();
@@ -843,13 +849,12 @@ async fn revoke_inner(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result
     let who = caller(st, headers, &f).await?;
     let token = required(&f, "token")?;
     // RFC 7009 §2.2: an invalid or unknown token is not an error
-    let Ok((sub, claims)) =
-        credence_ca::jwt_verify::validate_access_token(token, &st.svc.own_bundles())
-    else {
+    let Some(claims) = st.svc.own_access_token(token) else {
         return Ok(());
     };
+    let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
     if let Some(c) = &who
-        && c.spiffe_id != sub
+        && c.spiffe_id.as_str() != sub
         && claims.get("client_id").and_then(Value::as_str) != Some(c.spiffe_id.as_str())
     {
         return Err(OAuthError::new(
@@ -926,6 +931,245 @@ pub async fn metadata(State(st): State<AppState>) -> axum::Json<Value> {
         "scopes_supported": [],
         "access_token_signing_alg_values_supported": ["ES256"],
     }))
+}
+
+/// RFC 8693 delegation: `subject_token` is a grant token (who delegates
+/// what), `actor_token` the grantee's JWT-SVID (who acts). The token is for
+/// the grant's principal (`sub`) with the chain of actors in nested `act`
+/// claims (the current actor outermost), its scopes and audiences within
+/// the grant's, its lifetime within every grant of the chain; it counts
+/// as one use of the grant and is revoked with it.
+async fn delegated_exchange(
+    svc: &Service,
+    ep: &Endpoints,
+    cert: Option<&ClientCert>,
+    f: &Form,
+) -> Result<Value, OAuthError> {
+    let grant_err = |d: String| OAuthError::new("invalid_grant", d);
+    for (param, what) in [
+        ("subject_token_type", "a grant token"),
+        ("actor_token_type", "a JWT-SVID"),
+    ] {
+        let t = required(f, param)?;
+        if t != TT_JWT {
+            return Err(OAuthError::request(format!(
+                "{param} {t:?}: expected {TT_JWT} ({what})"
+            )));
+        }
+    }
+    if let Some(t) = f.get("requested_token_type")
+        && t != TT_ACCESS_TOKEN
+    {
+        return Err(OAuthError::request(format!(
+            "requested_token_type {t:?} is not supported (only {TT_ACCESS_TOKEN})"
+        )));
+    }
+    // the actor: its own JWT-SVID for this server
+    let bundles = svc.own_bundles();
+    let actor_token = required(f, "actor_token")?;
+    let (actor_id, claims) =
+        credence_ca::jwt_verify::validate_jwt_svid(actor_token, &ep.token, &bundles)
+            .or_else(|_| {
+                credence_ca::jwt_verify::validate_jwt_svid(actor_token, &ep.issuer, &bundles)
+            })
+            .map_err(|e| grant_err(format!("actor_token: {e}")))?;
+    match claims.get("jti").and_then(Value::as_str) {
+        Some(jti) if !svc.is_revoked(jti).await.unwrap_or(true) => {}
+        Some(_) => return Err(grant_err("actor_token has been revoked".into())),
+        None => return Err(grant_err("actor_token has no jti".into())),
+    }
+    let actor = svc
+        .issuable(&actor_id)
+        .await
+        .map_err(|e| grant_err(format!("actor {actor_id}: {e}")))?;
+    // client authentication is optional here; when present it is the actor
+    if cert.is_some() || f.contains_key("client_assertion") {
+        let client = svc.oauth_client(f, ep, cert).await?;
+        if client.spiffe_id != actor_id {
+            return Err(OAuthError::new(
+                "invalid_client",
+                format!(
+                    "the client {} is not the actor {actor_id}",
+                    client.spiffe_id
+                ),
+            ));
+        }
+    }
+    // the grant
+    let grant_id = svc
+        .grant_of_token(required(f, "subject_token")?)
+        .map_err(|e| grant_err(format!("subject_token: {e}")))?;
+    let chain = svc
+        .store
+        .delegation_chain(&grant_id)
+        .await
+        .map_err(|e| match e {
+            credence_store::StoreError::NotFound(m) => grant_err(m),
+            other => OAuthError::server(&other.into()),
+        })?;
+    let Some(g) = chain.last() else {
+        return Err(grant_err(format!("no delegation {grant_id}")));
+    };
+    if g.grantee != actor_id {
+        return Err(grant_err(format!(
+            "delegation {} is held by {}, not the actor {actor_id}",
+            g.id, g.grantee
+        )));
+    }
+    let now = svc.clock.now();
+    for link in &chain {
+        match link.unusable(now) {
+            None => {}
+            Some(credence_core::Unusable::UsedUp) if link.id != g.id => {}
+            Some(why) => return Err(grant_err(format!("delegation {} is {why}", link.id))),
+        }
+    }
+    let asked = match scopes(f)? {
+        Some(s) => {
+            if let Some(x) = s.iter().find(|x| !g.mandate.scopes.contains(x)) {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!("scope {x} is not in delegation {}", g.id),
+                ));
+            }
+            s
+        }
+        None => g.mandate.scopes.clone(),
+    };
+    let audiences = if f.all("resource").is_empty() && f.all("audience").is_empty() {
+        g.mandate.audiences.clone()
+    } else {
+        let a = audiences(f, ep)?;
+        if let Some(x) = a.iter().find(|x| !g.mandate.audiences.contains(x)) {
+            return Err(OAuthError::new(
+                "invalid_target",
+                format!("audience {x} is not in delegation {}", g.id),
+            ));
+        }
+        a
+    };
+    // no longer than asked, than the grant allows, than any link lives
+    let mut ttl = ttl(f)?.min(Duration::seconds(i64::from(
+        g.mandate.max_token_ttl_seconds,
+    )));
+    for link in &chain {
+        ttl = ttl.min(link.mandate.expires_at - now);
+    }
+    if ttl < Duration::seconds(1) {
+        return Err(grant_err(format!("delegation {} expires now", g.id)));
+    }
+    let ttl = Duration::seconds(ttl.whole_seconds());
+    let actors = g.actors();
+    let principal = g.principal.principal();
+    let scope_names: Vec<String> = asked.iter().map(|s| s.as_str().to_owned()).collect();
+    let who = Actor {
+        name: actor_id.to_string(),
+        method: "actor_token",
+        request_id: None,
+        client_addr: None,
+        principal: crate::authz::Principal::Workload,
+    };
+    svc.authorize_issue(
+        &who,
+        IssueRequest {
+            identity: &actor,
+            jwt: Some((&audiences, &scope_names)),
+            access_grant: Some(TOKEN_EXCHANGE),
+            ttl_seconds: ttl.whole_seconds(),
+            node: None,
+            delegation: Some(json!({
+                "id": g.id.as_str(),
+                "depth": g.depth(),
+                "principal": principal,
+                "actors": actors,
+            })),
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        ServerError::Forbidden(_, why) => OAuthError::new("invalid_scope", why),
+        other => OAuthError::server(&other),
+    })?;
+    // act: the current actor outermost, the one before it nested, ...
+    let mut act: Option<Value> = None;
+    for a in &actors {
+        let mut hop = json!({ "sub": a });
+        if let Some(inner) = act.take() {
+            hop["act"] = inner;
+        }
+        act = Some(hop);
+    }
+    let auth = svc.authority();
+    let exp = now + ttl;
+    let jti = svc.new_serial(now).to_hex();
+    let scope = (!scope_names.is_empty()).then(|| scope_names.join(" "));
+    let mut claims = json!({
+        "iss": ep.issuer,
+        "sub": principal,
+        "client_id": actor_id,
+        "aud": match audiences.as_slice() { [one] => json!(one), many => json!(many) },
+        "iat": now.unix_timestamp(),
+        "exp": exp.unix_timestamp(),
+        "jti": jti,
+        "act": act,
+        "delegation": {"id": g.id.as_str(), "depth": g.depth()},
+    });
+    if let Some(s) = &scope {
+        claims["scope"] = json!(s);
+    }
+    if let Some(c) = cert {
+        claims["cnf"] = json!({"x5t#S256": c.thumbprint()});
+    }
+    let signer = auth.jwt_signer(now).map_err(|e| OAuthError::server(&e))?;
+    let token = signer
+        .sign_typed("at+jwt", &claims)
+        .map_err(|e| OAuthError::server(&e.into()))?;
+    let cred = IssuedCredential {
+        kind: CredentialKind::Jwt,
+        serial: jti.clone(),
+        identity_id: actor.id.clone(),
+        spiffe_id: actor.spiffe_id.clone(),
+        issuer: format!("jwt-{}", signer.kid()),
+        not_before: now,
+        not_after: exp,
+        key_fingerprint: None,
+        node_id: None,
+    };
+    let rec = audit(
+        &who,
+        now,
+        "oauth.token",
+        actor.spiffe_id.as_str(),
+        json!({
+            "jti": jti,
+            "grant_type": TOKEN_EXCHANGE,
+            "client_id": actor_id,
+            "on_behalf_of": principal,
+            "delegation": g.id.as_str(),
+            "actors": actors,
+            "aud": audiences,
+            "scope": scope,
+            "ttl_seconds": ttl.whole_seconds(),
+            "kid": signer.kid(),
+        }),
+    );
+    svc.store
+        .record_delegated(&g.id, cred, rec)
+        .await
+        .map_err(|e| match e {
+            credence_store::StoreError::Conflict(m) => grant_err(m),
+            other => OAuthError::server(&other.into()),
+        })?;
+    let mut out = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl.whole_seconds(),
+        "issued_token_type": TT_ACCESS_TOKEN,
+    });
+    if let Some(s) = scope {
+        out["scope"] = json!(s);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! Integration tests of the control plane, in process, with a manual clock.
 
 mod authz;
+mod delegation;
 mod nodes;
 mod oidc;
 mod service;
