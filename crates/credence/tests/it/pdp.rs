@@ -223,7 +223,7 @@ fn policy_cli_validates_pushes_loads_and_explains() {
     let good = format!("{TODO}/policies.cedar");
     let out = dev.ok(&["policy", "validate", "--schema", &schema, &good]);
     assert!(
-        out.contains("valid: 5 policies") && out.contains("plus 3 built-in"),
+        out.contains("valid: 5 policies") && out.contains("plus 4 built-in"),
         "{out}"
     );
 
