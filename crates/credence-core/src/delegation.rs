@@ -19,6 +19,8 @@ pub const MAX_DEPTH: u32 = 16;
 pub const MAX_AUDIENCES: usize = 16;
 /// Longest audience.
 pub const MAX_AUDIENCE_LEN: usize = 512;
+/// Most uses a grant may allow (a database integer holds the count).
+pub const MAX_USES: u64 = i64::MAX as u64;
 
 /// A grant's id: `dlg_` and 32 lowercase hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -141,8 +143,12 @@ impl Mandate {
                 "max depth must be below {MAX_DEPTH}"
             )));
         }
-        if self.max_uses == Some(0) {
-            return Err(CoreError::Invalid("max uses must be at least 1".into()));
+        if let Some(u) = self.max_uses
+            && !(1..=MAX_USES).contains(&u)
+        {
+            return Err(CoreError::Invalid(format!(
+                "max uses must be 1 to {MAX_USES}"
+            )));
         }
         Ok(())
     }
@@ -395,6 +401,7 @@ mod tests {
         assert!(mandate(&[], &["a"], 0, 0, None).check().is_err());
         assert!(mandate(&[], &["a"], 60, MAX_DEPTH, None).check().is_err());
         assert!(mandate(&[], &["a"], 60, 0, Some(0)).check().is_err());
+        assert!(mandate(&[], &["a"], 60, 0, Some(u64::MAX)).check().is_err());
         let mut m = mandate(&[], &["a"], 60, 0, None);
         m.expires_at = m.not_before;
         assert!(m.check().is_err());

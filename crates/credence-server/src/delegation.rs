@@ -163,6 +163,11 @@ impl Service {
                 MAX_GRANT_TTL.whole_days()
             )));
         }
+        let until = |d: Duration| {
+            start
+                .checked_add(d)
+                .ok_or_else(|| bad("not_before is too far in the future"))
+        };
         let id = DelegationId::from_random(self.rng.bytes16());
         let (delegation, rule_target) = match (&actor.principal, parent) {
             (Principal::Admin(_) | Principal::Internal, None) => {
@@ -178,7 +183,7 @@ impl Service {
                     max_token_ttl_seconds: req.max_token_ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL),
                     max_depth: req.max_depth.unwrap_or(0),
                     not_before: start,
-                    expires_at: start + ttl,
+                    expires_at: until(ttl)?,
                     max_uses: req.max_uses,
                 };
                 mandate.check().map_err(|e| bad(e.to_string()))?;
@@ -255,8 +260,8 @@ impl Service {
                     max_depth: req.max_depth.unwrap_or(0),
                     not_before: req.not_before.map_or(pm.not_before.max(now), |_| start),
                     expires_at: match req.ttl_seconds {
-                        Some(_) => start + ttl,
-                        None => (start + DEFAULT_GRANT_TTL).min(pm.expires_at),
+                        Some(_) => until(ttl)?,
+                        None => until(DEFAULT_GRANT_TTL)?.min(pm.expires_at),
                     },
                     max_uses: match req.max_uses {
                         Some(u) => Some(u),
@@ -309,7 +314,7 @@ impl Service {
             self.authorize_delegate(actor, &caller, &grantee, &delegation)
                 .await?;
         }
-        let mut rec = audit(
+        let rec = audit(
             actor,
             now,
             "delegation.create",
@@ -330,7 +335,6 @@ impl Service {
                 "max_uses": delegation.mandate.max_uses,
             }),
         );
-        rec.policies = Vec::new();
         self.store.create_delegation(&delegation, rec).await?;
         let token = self.grant_token(&delegation, issuer)?;
         Ok((delegation, token))
@@ -532,12 +536,12 @@ impl Service {
 
 // ---- HTTP: /v1/delegations (administrators and agents by JWT-SVID) ----
 
-use axum::extract::{Query as UrlQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::api::{ApiJson, ApiPath, AppState, Caller};
+use crate::api::{ApiJson, ApiPath, ApiQuery, AppState, Caller};
 
 /// Routes under `/v1/delegations`; the caller's middleware authenticates.
 pub fn routes() -> Router<AppState> {
@@ -571,7 +575,7 @@ struct ListParams {
 async fn list(
     State(st): State<AppState>,
     Caller(caller): Caller,
-    UrlQuery(p): UrlQuery<ListParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Value>, ServerError> {
     let filter = DelegationFilter {
         grantee: p

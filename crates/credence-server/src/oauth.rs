@@ -232,6 +232,46 @@ impl Service {
         credence_ca::jwt_verify::validate_own(token, "at+jwt", jwks.as_bytes()).ok()
     }
 
+    /// Adds `scope` and (certificate-bound tokens, RFC 8705 §3) `cnf` to
+    /// `claims`, signs them as an RFC 9068 access token with the current
+    /// key, and returns the token, the key id and the credential row that
+    /// records it for `holder` (serial: the claims' `jti`).
+    fn sign_access_token(
+        &self,
+        claims: &mut Value,
+        scope: Option<&str>,
+        bound_to: Option<&ClientCert>,
+        holder: &Identity,
+        now: time::OffsetDateTime,
+        exp: time::OffsetDateTime,
+    ) -> Result<(String, String, IssuedCredential), OAuthError> {
+        if let Some(s) = scope {
+            claims["scope"] = json!(s);
+        }
+        if let Some(c) = bound_to {
+            // a resource server accepts it only over mTLS with this certificate
+            claims["cnf"] = json!({"x5t#S256": c.thumbprint()});
+        }
+        let auth = self.authority();
+        let signer = auth.jwt_signer(now).map_err(|e| OAuthError::server(&e))?;
+        let token = signer
+            .sign_typed("at+jwt", claims)
+            .map_err(|e| OAuthError::server(&e.into()))?;
+        let kid = signer.kid().to_owned();
+        let cred = IssuedCredential {
+            kind: CredentialKind::Jwt,
+            serial: claims["jti"].as_str().unwrap_or_default().to_owned(),
+            identity_id: holder.id.clone(),
+            spiffe_id: holder.spiffe_id.clone(),
+            issuer: format!("jwt-{kid}"),
+            not_before: now,
+            not_after: exp,
+            key_fingerprint: None,
+            node_id: None,
+        };
+        Ok((token, kid, cred))
+    }
+
     fn own_bundles(&self) -> HashMap<String, Vec<u8>> {
         let auth = self.authority();
         HashMap::from([(
@@ -368,7 +408,6 @@ impl Service {
             ServerError::Forbidden(_, why) => OAuthError::new("invalid_scope", why),
             other => OAuthError::server(&other),
         })?;
-        let auth = self.authority();
         let now = self.clock.now();
         let exp = now + ttl;
         let jti = self.new_serial(now).to_hex();
@@ -386,29 +425,8 @@ impl Service {
             "exp": exp.unix_timestamp(),
             "jti": jti,
         });
-        if let Some(s) = &scope {
-            claims["scope"] = json!(s);
-        }
-        if let Some(c) = bound_to {
-            // certificate-bound (RFC 8705 §3): a resource server accepts it
-            // only over mTLS with this certificate
-            claims["cnf"] = json!({"x5t#S256": c.thumbprint()});
-        }
-        let signer = auth.jwt_signer(now).map_err(|e| OAuthError::server(&e))?;
-        let token = signer
-            .sign_typed("at+jwt", &claims)
-            .map_err(|e| OAuthError::server(&e.into()))?;
-        let cred = IssuedCredential {
-            kind: CredentialKind::Jwt,
-            serial: jti.clone(),
-            identity_id: subject.id.clone(),
-            spiffe_id: subject.spiffe_id.clone(),
-            issuer: format!("jwt-{}", signer.kid()),
-            not_before: now,
-            not_after: exp,
-            key_fingerprint: None,
-            node_id: None,
-        };
+        let (token, kid, cred) =
+            self.sign_access_token(&mut claims, scope.as_deref(), bound_to, subject, now, exp)?;
         let mut rec = audit(
             &actor,
             now,
@@ -421,7 +439,7 @@ impl Service {
                 "aud": ask.audiences,
                 "scope": scope,
                 "ttl_seconds": ttl.whole_seconds(),
-                "kid": signer.kid(),
+                "kid": kid,
                 "client_auth": if bound_to.is_some() { "tls_client_auth" } else { "private_key_jwt" },
                 "cnf_x5t_s256": bound_to.map(ClientCert::thumbprint),
             }),
@@ -1099,7 +1117,6 @@ async fn delegated_exchange(
         }
         act = Some(hop);
     }
-    let auth = svc.authority();
     let exp = now + ttl;
     let jti = svc.new_serial(now).to_hex();
     let scope = (!scope_names.is_empty()).then(|| scope_names.join(" "));
@@ -1114,27 +1131,8 @@ async fn delegated_exchange(
         "act": act,
         "delegation": {"id": g.id.as_str(), "depth": g.depth()},
     });
-    if let Some(s) = &scope {
-        claims["scope"] = json!(s);
-    }
-    if let Some(c) = cert {
-        claims["cnf"] = json!({"x5t#S256": c.thumbprint()});
-    }
-    let signer = auth.jwt_signer(now).map_err(|e| OAuthError::server(&e))?;
-    let token = signer
-        .sign_typed("at+jwt", &claims)
-        .map_err(|e| OAuthError::server(&e.into()))?;
-    let cred = IssuedCredential {
-        kind: CredentialKind::Jwt,
-        serial: jti.clone(),
-        identity_id: actor.id.clone(),
-        spiffe_id: actor.spiffe_id.clone(),
-        issuer: format!("jwt-{}", signer.kid()),
-        not_before: now,
-        not_after: exp,
-        key_fingerprint: None,
-        node_id: None,
-    };
+    let (token, kid, cred) =
+        svc.sign_access_token(&mut claims, scope.as_deref(), cert, &actor, now, exp)?;
     let rec = audit(
         &who,
         now,
@@ -1150,7 +1148,7 @@ async fn delegated_exchange(
             "aud": audiences,
             "scope": scope,
             "ttl_seconds": ttl.whole_seconds(),
-            "kid": signer.kid(),
+            "kid": kid,
         }),
     );
     svc.store

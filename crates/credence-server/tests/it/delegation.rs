@@ -40,6 +40,20 @@ fn ask(grantee: &str, parent: Option<&DelegationId>, v: serde_json::Value) -> Ne
     req
 }
 
+/// The refusal of a grant `by` asks for `grantee` under `parent`.
+async fn refused(
+    f: &crate::service::Fixture,
+    by: &Actor,
+    grantee: &str,
+    parent: Option<&DelegationId>,
+    v: serde_json::Value,
+) -> ServerError {
+    f.svc
+        .create_delegation(by, ask(grantee, parent, v), ISSUER)
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn chains_narrow_and_revocation_cascades() {
     let f = fixture().await;
@@ -69,20 +83,40 @@ async fn chains_narrow_and_revocation_cascades() {
     assert_eq!(root.principal.principal(), "admin:root");
     assert_eq!(root.depth(), 1);
     // a scope the identity does not have is refused by name
-    let e = f
-        .svc
-        .create_delegation(
-            &admin,
-            ask(
-                "a0",
-                None,
-                json!({"grantee": "", "scopes": ["mail:send"], "audiences": ["x"]}),
-            ),
-            ISSUER,
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &f,
+        &admin,
+        "a0",
+        None,
+        json!({"grantee": "", "scopes": ["mail:send"], "audiences": ["x"]}),
+    )
+    .await;
     assert!(e.to_string().contains("mail:send"), "{e}");
+    // out-of-range input is a clear 400, not a crash or a database error
+    for (v, want) in [
+        (
+            json!({"grantee": "", "audiences": ["x"], "not_before": 253_402_300_000i64}),
+            "too far in the future",
+        ),
+        (
+            json!({"grantee": "", "audiences": ["x"], "max_uses": u64::MAX}),
+            "max uses",
+        ),
+        (
+            json!({"grantee": "", "audiences": []}),
+            "at least one audience",
+        ),
+        (
+            json!({"grantee": "", "audiences": ["x"], "ttl_seconds": 100_000_000u64}),
+            "at most 90 days",
+        ),
+    ] {
+        let e = refused(&f, &admin, "a0", None, v).await;
+        assert!(
+            matches!(e, ServerError::BadRequest("invalid_delegation", ref m) if m.contains(want)),
+            "{want}: {e:?}"
+        );
+    }
     // a0 hands on to a1, a1 to a2, ... to a4: a chain of depth 5
     let mut chain = vec![root.clone()];
     for i in 1..5 {
@@ -108,34 +142,28 @@ async fn chains_narrow_and_revocation_cascades() {
         chain.push(d);
     }
     // the last may not delegate any further, and nobody may widen
-    let e = f
-        .svc
-        .create_delegation(
-            &as_agent("a4"),
-            ask("a5", Some(&chain[4].id), json!({"grantee": ""})),
-            ISSUER,
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &f,
+        &as_agent("a4"),
+        "a5",
+        Some(&chain[4].id),
+        json!({"grantee": ""}),
+    )
+    .await;
     assert!(
         e.to_string().contains("allows no further delegation"),
         "{e}"
     );
-    let e = f
-        .svc
-        .create_delegation(
-            &as_agent("a1"),
-            ask(
-                "a5",
-                Some(&chain[1].id),
-                json!({"grantee": "",
+    let e = refused(
+        &f,
+        &as_agent("a1"),
+        "a5",
+        Some(&chain[1].id),
+        json!({"grantee": "",
                 "scopes": ["docs:read", "docs:write"], "audiences": ["https://mail.example"],
                 "ttl_seconds": 86400}),
-            ),
-            ISSUER,
-        )
-        .await
-        .unwrap_err();
+    )
+    .await;
     let msg = e.to_string();
     for part in [
         "scope docs:write",
@@ -149,15 +177,14 @@ async fn chains_narrow_and_revocation_cascades() {
         ServerError::Forbidden("delegation_exceeds_parent", _)
     ));
     // only the grantee may carve from a grant
-    let e = f
-        .svc
-        .create_delegation(
-            &as_agent("a3"),
-            ask("a5", Some(&chain[1].id), json!({"grantee": ""})),
-            ISSUER,
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &f,
+        &as_agent("a3"),
+        "a5",
+        Some(&chain[1].id),
+        json!({"grantee": ""}),
+    )
+    .await;
     assert!(e.to_string().contains("is not held by"), "{e}");
     // a sub-agent sees its chain, not other grants
     let seen = f
@@ -184,15 +211,14 @@ async fn chains_narrow_and_revocation_cascades() {
         live.iter().map(|d| &d.id).collect::<Vec<_>>(),
         vec![&chain[0].id]
     );
-    let e = f
-        .svc
-        .create_delegation(
-            &as_agent("a2"),
-            ask("a5", Some(&chain[2].id), json!({"grantee": ""})),
-            ISSUER,
-        )
-        .await
-        .unwrap_err();
+    let e = refused(
+        &f,
+        &as_agent("a2"),
+        "a5",
+        Some(&chain[2].id),
+        json!({"grantee": ""}),
+    )
+    .await;
     assert!(e.to_string().contains("revoked"), "{e}");
     // the story is in the audit log
     let n = f.store.audit_count().await.unwrap();
