@@ -7,6 +7,7 @@ mod agent;
 mod audit;
 mod authzen_cert;
 mod cli;
+mod delegation;
 mod federation;
 mod http;
 mod interop;
